@@ -1,0 +1,36 @@
+"""Export Kyutai's Pocket TTS to ONNX and run it with ONNX Runtime, without torch.
+
+The package root is the torch-free runtime API; the exporter lives in
+`pocket_tts_onnx.export` and needs the `[export]` extra.
+"""
+
+from pocket_tts_onnx.errors import (
+    BundleError,
+    ExportError,
+    InvalidInputError,
+    ModelSourceError,
+    PocketTTSOnnxError,
+    UnsupportedVersionError,
+    VerificationError,
+    VoiceError,
+)
+from pocket_tts_onnx.manifest import Manifest
+from pocket_tts_onnx.runtime.engine import AudioChunk, PocketTTSOnnx, Voice
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AudioChunk",
+    "BundleError",
+    "ExportError",
+    "InvalidInputError",
+    "Manifest",
+    "ModelSourceError",
+    "PocketTTSOnnx",
+    "PocketTTSOnnxError",
+    "UnsupportedVersionError",
+    "VerificationError",
+    "Voice",
+    "VoiceError",
+    "__version__",
+]

@@ -1,0 +1,265 @@
+"""Loading an upstream Pocket TTS model from any source the exporter accepts.
+
+Exactly one source: a shipped config by language name (weights fetched the way upstream
+fetches them), a custom config with safetensors weights or a training checkpoint, or the
+embedded demo. `random_init` swaps the weights for seeded random ones (the real architecture,
+fully offline) and, when the config's tokenizer lives on a hub, a stand-in tokenizer of the
+same vocabulary size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from pocket_tts_onnx.errors import ModelSourceError
+from pocket_tts_onnx.export.standin_tokenizer import train_standin_tokenizer
+
+DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_CONFIG = DEMO_DIR / "demo.yaml"
+_REMOTE = ("hf://", "http://", "https://")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What to export. Exactly one of language / config / demo."""
+
+    language: str | None = None
+    config: Path | None = None
+    weights: Path | None = None
+    checkpoint: Path | None = None
+    random_init: bool = False
+    seed: int = 0
+    demo: bool = False
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # pocket_tts.TTSModel
+    source: dict  # manifest "source" entry
+    tokenizer_path: Path
+    tokenizer_kind: str
+    tokenizer_origin: str
+    config_name: str
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+
+def available_languages() -> list[str]:
+    from pocket_tts.utils.config import CONFIGS_DIR
+
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_options() -> str:
+    return (
+        "Options: --language NAME (weights fetched from the model hub, needs internet and, "
+        "for voice cloning, accepted terms on the hub), --config PATH with --weights "
+        "model.safetensors or --checkpoint run.pt (local files), --random-init [--seed N] "
+        "(the architecture with random weights, offline), or --demo (tiny offline model)."
+    )
+
+
+def _resolve_config(source: ModelSource) -> tuple[Path, str]:
+    modes = [source.language is not None, source.config is not None, source.demo]
+    if sum(modes) != 1:
+        raise ModelSourceError("choose exactly one model source. " + _source_options())
+    if source.demo:
+        return DEMO_CONFIG, "demo"
+    if source.language is not None:
+        from pocket_tts.utils.config import CONFIGS_DIR
+
+        path = CONFIGS_DIR / f"{source.language}.yaml"
+        if not path.exists():
+            raise ModelSourceError(
+                f"unknown language {source.language!r}: the installed pocket-tts ships "
+                f"{', '.join(available_languages())}"
+            )
+        return path, source.language
+    path = Path(source.config)
+    if not path.is_file():
+        raise ModelSourceError(f"config file not found: {path} (--config)")
+    return path, path.stem
+
+
+def _read_config_dict(path: Path) -> dict:
+    from pocket_tts.utils.config import Config
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        Config(**data)  # validate early, with upstream's own schema
+    except Exception as e:
+        raise ModelSourceError(f"{path} is not a valid pocket-tts config: {e}") from e
+    return data
+
+
+def _local_tokenizer(data: dict, config_path: Path) -> Path | None:
+    """The config's tokenizer as a local file, resolved next to the config when relative."""
+    raw = str(data["flow_lm"]["lookup_table"]["tokenizer_path"])
+    if raw.startswith(_REMOTE):
+        return None
+    path = Path(raw)
+    if not path.is_absolute() and (config_path.parent / path).exists():
+        path = config_path.parent / path
+    return path if path.exists() else None
+
+
+def _wrap_load_error(e: Exception, what: str) -> ModelSourceError:
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(e, FileNotFoundError):
+        return ModelSourceError(f"{what}: file not found ({e}). " + _source_options())
+    if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
+        short = text.splitlines()[0][:300]
+        return ModelSourceError(
+            f"{what}: the weights do not match the config ({short}). Pass the config the "
+            "weights were trained with."
+        )
+    if "safetensor" in text.lower() or "header" in text.lower() or "pickle" in text.lower():
+        return ModelSourceError(f"{what}: the weights file is corrupt or not in the expected "
+                                f"format ({text[:300]}).")
+    return ModelSourceError(
+        f"{what}: could not load the weights ({text[:300]}). " + _source_options()
+    )
+
+
+def _randomize_unset_weights(model: torch.nn.Module, seed: int) -> None:
+    """Give random values to what upstream leaves at zeros/ones without weights, so that voice
+    conditioning and latent scaling are exercised by verification."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    flow_lm = model.flow_lm
+    with torch.no_grad():
+        w = flow_lm.speaker_proj_weight
+        w.copy_(torch.randn(w.shape, generator=gen) / w.shape[1] ** 0.5)
+        flow_lm.emb_std.copy_(0.5 + torch.rand(flow_lm.emb_std.shape, generator=gen))
+        flow_lm.emb_mean.copy_(0.1 * torch.randn(flow_lm.emb_mean.shape, generator=gen))
+
+
+def load_model(source: ModelSource) -> LoadedModel:
+    """Build the upstream TTSModel for `source`; raise ModelSourceError with options on failure."""
+    from pocket_tts import TTSModel
+
+    config_path, config_name = _resolve_config(source)
+    data = _read_config_dict(config_path)
+    random_init = source.random_init or source.demo
+    if random_init and (source.weights or source.checkpoint):
+        raise ModelSourceError("--random-init cannot be combined with --weights/--checkpoint")
+    if source.config is not None and not random_init and not (source.weights or source.checkpoint):
+        has_weights = data.get("weights_path") or data["flow_lm"].get("weights_path")
+        if not has_weights:
+            raise ModelSourceError(
+                f"{config_path} names no weights: pass --weights, --checkpoint or --random-init"
+            )
+    if source.weights and source.checkpoint:
+        raise ModelSourceError("pass either --weights or --checkpoint, not both")
+    for flag, path in (("--weights", source.weights), ("--checkpoint", source.checkpoint)):
+        if path is not None and not Path(path).is_file():
+            raise ModelSourceError(f"weights file not found: {path} ({flag})")
+
+    tmp = tempfile.TemporaryDirectory(prefix="pocket-tts-onnx-")
+    tmp_dir = Path(tmp.name)
+    lookup = data["flow_lm"]["lookup_table"]
+    tokenizer = _local_tokenizer(data, config_path)
+    tokenizer_origin = str(lookup["tokenizer_path"])
+    if tokenizer is None and random_init:
+        tokenizer = train_standin_tokenizer(int(lookup["n_bins"]), tmp_dir / "tokenizer.model")
+        lookup["tokenizer"] = "sentencepiece"
+        tokenizer_origin = (
+            f"stand-in: SentencePiece unigram with {lookup['n_bins']} pieces trained on a "
+            f"generated corpus (the config's tokenizer {lookup['tokenizer_path']} is on a hub)"
+        )
+    if tokenizer is not None:
+        lookup["tokenizer_path"] = str(tokenizer)
+
+    if random_init:
+        for holder in (data, data["flow_lm"], data["mimi"]):
+            holder.pop("weights_path", None)
+        data.pop("weights_path_without_voice_cloning", None)
+        source_entry = {"config": config_name, "weights": f"random-init seed {source.seed}"}
+    elif source.weights is not None:
+        for holder in (data["flow_lm"], data["mimi"]):
+            holder.pop("weights_path", None)
+        data.pop("weights_path_without_voice_cloning", None)
+        data["weights_path"] = str(Path(source.weights).resolve())
+        source_entry = {"config": config_name, "weights_sha256": _sha256(Path(source.weights))}
+    elif source.checkpoint is not None:
+        source_entry = {
+            "config": config_name,
+            "checkpoint_sha256": _sha256(Path(source.checkpoint)),
+        }
+    else:
+        source_entry = {"config": config_name, "weights": str(data.get("weights_path"))}
+
+    tmp_config = tmp_dir / f"{config_name}.yaml"
+    tmp_config.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    what = f"loading {config_name}"
+    try:
+        if random_init:
+            torch.manual_seed(source.seed)
+        model = TTSModel.load_model(
+            config=tmp_config,
+            checkpoint=str(source.checkpoint) if source.checkpoint else None,
+        )
+    except ModelSourceError:
+        raise
+    except Exception as e:  # upstream raises hub, safetensors, torch and pydantic errors
+        tmp.cleanup()
+        raise _wrap_load_error(e, what) from e
+    if random_init:
+        _randomize_unset_weights(model, source.seed)
+    model.eval()
+
+    if source.weights is None and not random_init and source.checkpoint is None:
+        weights = _weights_file_of(data)
+        if weights is not None:
+            source_entry["weights_sha256"] = _sha256(weights)
+    tok_path = Path(lookup["tokenizer_path"])
+    if not tok_path.exists():
+        from pocket_tts.utils.utils import download_if_necessary
+
+        tok_path = download_if_necessary(str(lookup["tokenizer_path"]))
+    kind = _tokenizer_kind(lookup)
+    return LoadedModel(
+        model=model,
+        source=source_entry,
+        tokenizer_path=tok_path,
+        tokenizer_kind=kind,
+        tokenizer_origin=tokenizer_origin,
+        config_name=config_name,
+        _tmp=tmp,
+    )
+
+
+def _tokenizer_kind(lookup: dict) -> str:
+    kind = str(lookup.get("tokenizer", "sentencepiece"))
+    path = str(lookup["tokenizer_path"]).split("@")[0]
+    return "tokenizers" if kind in ("tokenizers", "json") or path.endswith(".json") else (
+        "sentencepiece"
+    )
+
+
+def _weights_file_of(data: dict) -> Path | None:
+    """The local (cached) file upstream loaded its weights from, for the manifest's sha256."""
+    from pocket_tts.utils.utils import download_if_necessary
+
+    raw = data.get("weights_path")
+    if not raw:
+        return None
+    try:
+        return download_if_necessary(str(raw))
+    except Exception:  # the no-voice-cloning fallback was used; its hash is not recorded
+        return None

@@ -1,0 +1,173 @@
+"""Export-time patches that turn upstream's stateful modules into pure functions.
+
+Upstream modules keep their streaming state inside a mutable `model_state` dict and update
+it in place (preallocated KV buffers, `state[...][:] = ...`). Tracing in-place writes into
+graph inputs gives wrong graphs, so while `stateless_modules()` is active each stateful
+module reads its state from the dict and *replaces* the dict entry with a new tensor. The
+graph wrappers (graphs.py) put graph inputs into the dict and read graph outputs back out.
+
+State layout seen by the patched modules, keyed by the module's absolute name:
+- attention: {"cache": [2, B, P, H_kv, d]} and optionally {"offset": int64 [1]} (absolute
+  position of the next token; without it the position is P, the cache length). A module with
+  a finite `context` keeps only the last `context - 1` keys, so its state stays bounded.
+- conv: {"previous": [B, C, K_eff - stride]} plus, for replicate padding, {"started": [B]}
+  (0.0 before the first call, so an all-zeros initial state is the right one).
+- transposed conv: {"partial": [B, C_out, K - stride]}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+import torch.nn.functional as F
+
+from pocket_tts_onnx.errors import UnsupportedVersionError
+
+# pocket-tts versions whose module internals these patches were written and tested against.
+TESTED_POCKET_TTS = ((4, 0, 0), (4, 1, 0))  # [min, max)
+
+
+def pocket_tts_version() -> str:
+    try:
+        return version("pocket-tts")
+    except PackageNotFoundError as e:
+        raise UnsupportedVersionError(
+            "pocket-tts is not installed: install the export extra, "
+            "`pip install 'pocket-tts-onnx[export]'`"
+        ) from e
+
+
+def check_pocket_tts_version(installed: str | None = None) -> str:
+    """Fail early on an untested pocket-tts: the patches depend on its module internals."""
+    installed = installed or pocket_tts_version()
+    try:
+        parts = tuple(int(p) for p in installed.split("+")[0].split(".")[:3])
+    except ValueError as e:
+        raise UnsupportedVersionError(f"cannot parse pocket-tts version {installed!r}") from e
+    low, high = TESTED_POCKET_TTS
+    if not (low <= parts < high):
+        raise UnsupportedVersionError(
+            f"pocket-tts {installed} is installed, but the exporter is tested with "
+            f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}; install a tested "
+            f"version: pip install 'pocket-tts>={'.'.join(map(str, low))},"
+            f"<{'.'.join(map(str, high))}'"
+        )
+    return installed
+
+
+def _module_state(module: torch.nn.Module, model_state: dict | None) -> dict | None:
+    if model_state is None:
+        return None
+    return model_state.get(module._module_absolute_name)
+
+
+def _attention_forward(self, query, model_state, attn_mask=None):
+    state = _module_state(self, model_state)
+    b, t, _ = query.shape
+    d = self.dim_per_head
+    projected = self.in_proj(query)
+    q = projected[..., : self.attn_dim].reshape(b, t, self.num_heads, d)
+    kv = projected[..., self.attn_dim :].reshape(b, t, 2, self.num_kv_heads, d)
+    k, v = kv.unbind(2)
+
+    if state is None:
+        past = None
+        past_len = 0
+        offset = torch.zeros((), dtype=torch.long)
+    else:
+        past = state["cache"]
+        past_len = past.shape[2]
+        offset = state["offset"].reshape(()) if "offset" in state else past_len
+    q, k = self.rope(q, k, offset=offset)
+
+    new_kv = torch.stack([k, v], dim=0)  # [2, B, t, H_kv, d]
+    kv_all = new_kv if past is None else torch.cat([past, new_kv], dim=2)
+    if state is not None:
+        state["cache"] = kv_all if self.context is None else kv_all[:, :, -(self.context - 1) :]
+        if "offset" in state:
+            state["offset"] = state["offset"] + t
+
+    # Absolute positions: queries start at `offset`, keys at `offset - past_len`.
+    pos_q = offset + torch.arange(t, dtype=torch.long)
+    pos_k = (offset - past_len) + torch.arange(kv_all.shape[2], dtype=torch.long)
+    delta = pos_q[:, None] - pos_k[None, :]
+    mask = delta >= 0
+    if self.context is not None:
+        mask = mask & (delta < self.context)
+
+    k_attn = kv_all[0].transpose(1, 2)
+    v_attn = kv_all[1].transpose(1, 2)
+    if self.num_kv_heads != self.num_heads:
+        rep = self.num_heads // self.num_kv_heads
+        k_attn = k_attn.repeat_interleave(rep, dim=1)
+        v_attn = v_attn.repeat_interleave(rep, dim=1)
+    x = F.scaled_dot_product_attention(q.transpose(1, 2), k_attn, v_attn, mask[None, None])
+    x = x.transpose(1, 2).reshape(b, t, self.num_heads * d)
+    return self.out_proj(x)
+
+
+def _conv_forward(self, x, model_state):
+    state = _module_state(self, model_state)
+    pad = self._effective_kernel_size - self._stride
+    if pad == 0:
+        return self.conv(x)
+    b, c, _ = x.shape
+    replicate = self.pad_mode == "replicate"
+    if state is None:
+        previous = x[..., :1].expand(b, c, pad) if replicate else x.new_zeros(b, c, pad)
+    else:
+        previous = state["previous"]
+        if replicate:
+            started = state["started"].reshape(b, 1, 1) > 0
+            previous = torch.where(started, previous, x[..., :1].expand(b, c, pad))
+    padded = torch.cat([previous, x], dim=-1)
+    if state is not None:
+        state["previous"] = padded[..., -pad:]
+        if replicate:
+            state["started"] = torch.ones_like(state["started"])
+    return self.conv(padded)
+
+
+def _conv_transpose_forward(self, x, model_state):
+    state = _module_state(self, model_state)
+    y = self.convtr(x)
+    overlap = self._kernel_size - self._stride
+    if overlap == 0:
+        return y
+    partial = state["partial"]
+    length = y.shape[-1]
+    head = y[..., :overlap] + partial
+    tail = y[..., length - overlap :]
+    if self.convtr.bias is not None:
+        tail = tail - self.convtr.bias[:, None]
+    state["partial"] = tail
+    return torch.cat([head, y[..., overlap : length - overlap]], dim=-1)
+
+
+def _patch_targets():
+    from pocket_tts.modules.attention import StreamingMultiheadAttention
+    from pocket_tts.modules.conv import StreamingConv1d, StreamingConvTranspose1d
+
+    return [
+        (StreamingMultiheadAttention, "forward", _attention_forward),
+        (StreamingConv1d, "forward", _conv_forward),
+        (StreamingConvTranspose1d, "forward", _conv_transpose_forward),
+    ]
+
+
+@contextlib.contextmanager
+def stateless_modules() -> Iterator[None]:
+    """Swap upstream's stateful forwards for functional ones; always restore them."""
+    check_pocket_tts_version()
+    targets = _patch_targets()
+    originals = [(cls, name, cls.__dict__[name]) for cls, name, _ in targets]
+    try:
+        for cls, name, replacement in targets:
+            setattr(cls, name, replacement)
+        yield
+    finally:
+        for cls, name, original in originals:
+            setattr(cls, name, original)

@@ -1,0 +1,26 @@
+"""INT8: ONNX Runtime dynamic quantization of MatMul weights (QInt8), graph by graph."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+
+def int8_path(fp32_path: Path) -> Path:
+    return fp32_path.with_name(fp32_path.stem + "_int8.onnx")
+
+
+def quantize_graph(fp32_path: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = int8_path(fp32_path)
+    # The quantizer logs every node it skips at INFO level; keep export output readable.
+    logging.getLogger("root").setLevel(max(logging.getLogger("root").level, logging.WARNING))
+    quantize_dynamic(
+        fp32_path,
+        out,
+        op_types_to_quantize=["MatMul"],
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+    )
+    return out

@@ -1,0 +1,70 @@
+"""Stand-in tokenizers for random-weight models.
+
+Upstream configs point at tokenizers on a model hub. A random-weight export (tests,
+benchmarks, the demo) still needs a tokenizer with the config's exact vocabulary size, so we
+train a SentencePiece model on a generated corpus. The manifest records that it is a stand-in.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+_COMMON = (
+    "the of and to in is you that it he was for on are as with his they at be this have from "
+    "or one had by word but not what all were we when your can said there use an each which "
+    "she do how their if will up other about out many then them these so some her would make "
+    "like him into time has look two more write go see number no way could people my than "
+    "first water been call who oil its now find long down day did get come made may part "
+    "hello world small fast speech voice model text sound audio ready morning evening house "
+    "music river garden friend quiet bright yesterday tomorrow thank please sorry because"
+).split()
+_SYLLABLES = (
+    "ka to ri me su na lo pe vi da go shu an el or ti bra str ing ed qu ex ph th ch ou ai "
+    "é è ü ö ä ñ ç ß"
+).split()
+_MARKS = [".", ".", "!", "?", "...", ",", ";", ":", " -", "'s", ")", "\""]
+
+
+def _corpus(n_lines: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pseudo = [
+        "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(6000)
+    ]
+    lines = []
+    for _ in range(n_lines):
+        words = [
+            rng.choice(_COMMON) if rng.random() < 0.6 else rng.choice(pseudo)
+            for _ in range(rng.randint(3, 14))
+        ]
+        if rng.random() < 0.3:
+            words.insert(rng.randrange(len(words)), f"{rng.randint(0, 999)}")
+        if rng.random() < 0.1:
+            words.insert(rng.randrange(len(words)), f"{rng.randint(0, 99)}.{rng.randint(0, 9)}")
+        words[0] = words[0].capitalize()
+        lines.append(" ".join(words) + rng.choice(_MARKS))
+    return lines
+
+
+def train_standin_tokenizer(vocab_size: int, path: Path, seed: int = 0) -> Path:
+    """Train a deterministic SentencePiece unigram model with exactly `vocab_size` pieces."""
+    import sentencepiece as spm
+
+    path = Path(path)
+    lines = _corpus(max(4000, vocab_size * 6), seed)
+    prefix = str(path.with_suffix(""))
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=prefix,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        num_threads=1,
+        seed_sentencepiece_size=max(100_000, vocab_size * 20),
+        minloglevel=2,
+    )
+    Path(prefix + ".vocab").unlink(missing_ok=True)
+    produced = Path(prefix + ".model")
+    if produced != path:
+        produced.replace(path)
+    return path

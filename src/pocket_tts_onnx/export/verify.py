@@ -1,0 +1,227 @@
+"""Exported graphs vs upstream PyTorch.
+
+References come from upstream's own, unpatched code paths: the conditioner, `_encode_audio`,
+`flow_lm.backbone` with upstream's streaming `model_state`, the flow net, and
+`mimi.decode_from_latent` with upstream's streaming state. Stateful graphs run a streaming
+loop (outputs fed back as inputs by name) compared step by step. FP32 must be within the
+graph's tolerance relative to the output's scale over the run; INT8 is reported as relative
+L2 error against FP32 on the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from pocket_tts_onnx.errors import VerificationError
+from pocket_tts_onnx.specs import GraphSpec
+
+Step = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (graph inputs, reference outputs)
+
+STREAM_STEPS = 24
+
+
+@dataclass
+class GraphReport:
+    graph: str
+    cases: int
+    steps: int
+    fp32_errors: dict[str, float]  # output -> max |delta| / scale
+    tolerance: float
+    int8_rel_l2: dict[str, float] | None = None
+
+    @property
+    def worst_fp32(self) -> float:
+        return max(self.fp32_errors.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "cases": self.cases,
+            "steps": self.steps,
+            "fp32_relative_max_error": self.fp32_errors,
+            "worst_fp32": self.worst_fp32,
+            "tolerance": self.tolerance,
+            "passed": self.worst_fp32 <= self.tolerance,
+            "int8_relative_l2_vs_fp32": self.int8_rel_l2,
+        }
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _rng(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _text_conditioner_cases(model) -> Iterator[list[Step]]:
+    n_bins = model.flow_lm.conditioner.embed.num_embeddings
+    for i, tokens in enumerate((0, 1, 7, 33)):
+        ids = torch.randint(0, n_bins, (1, tokens), generator=_rng(i))
+        yield [({"token_ids": _np(ids)}, {"embeddings": _np(model.flow_lm.conditioner(ids))})]
+
+
+def _mimi_encoder_cases(model) -> Iterator[list[Step]]:
+    frame = int(model.mimi.frame_size)
+    for i, n in enumerate((1, frame - 1, frame, 3 * frame + 17, 6 * frame)):
+        audio = 0.3 * torch.randn(1, 1, n, generator=_rng(10 + i))
+        ref = model._encode_audio(audio)
+        if model.flow_lm.insert_bos_before_voice:
+            ref = torch.cat([model.flow_lm.bos_before_voice, ref], dim=1)
+        yield [({"audio": _np(audio)}, {"latents": _np(ref)})]
+
+
+def _flow_lm_main_cases(model) -> Iterator[list[Step]]:
+    """Voice prompt, text prompt, BOS, then latents: upstream's generation call pattern."""
+    from pocket_tts.modules.stateful_module import increment_steps, init_states
+
+    flow_lm = model.flow_lm
+    gen = _rng(20)
+    voice = torch.randn(1, 9, flow_lm.dim, generator=gen)
+    text = torch.randn(1, 6, flow_lm.dim, generator=gen)
+    empty_seq = torch.empty(1, 0, flow_lm.ldim)
+    empty_text = torch.empty(1, 0, flow_lm.dim)
+    calls = [(empty_seq, voice), (empty_seq, text), (torch.full((1, 1, flow_lm.ldim), np.nan),
+                                                     empty_text)]
+    calls += [(torch.randn(1, 1, flow_lm.ldim, generator=gen), empty_text)
+              for _ in range(STREAM_STEPS)]
+    state = init_states(flow_lm, batch_size=1, sequence_length=64 + STREAM_STEPS)
+    steps = []
+    for seq, emb in calls:
+        latents = torch.where(torch.isnan(seq), flow_lm.bos_emb, seq)
+        hidden = flow_lm.backbone(flow_lm.input_linear(latents), emb, seq, state)[:, -1]
+        increment_steps(flow_lm, state, seq.shape[1] + emb.shape[1])
+        refs = {"conditioning": _np(hidden), "eos_logit": _np(flow_lm.out_eos(hidden))}
+        steps.append(({"sequence": _np(seq), "text_embeddings": _np(emb)}, refs))
+    # The final KV caches must equal upstream's filled part.
+    spec_states = _state_refs(model, state)
+    steps[-1][1].update(spec_states)
+    yield steps
+
+
+def _state_refs(model, state) -> dict[str, np.ndarray]:
+    from pocket_tts_onnx.export.graphs import flow_lm_state_specs
+
+    refs = {}
+    for spec in flow_lm_state_specs(model.flow_lm):
+        module_state = state[spec.upstream_module.split(".", 1)[1]]
+        filled = int(module_state["offset"].view(-1)[0])
+        refs[spec.output_name] = _np(module_state["cache"][:, :, :filled])
+    return refs
+
+
+def _flow_lm_flow_cases(model, spec: GraphSpec) -> Iterator[list[Step]]:
+    names = [t.name for t in spec.inputs]
+    for i, batch in enumerate((1, 3)):
+        gen = _rng(30 + i)
+        feed = {}
+        for t in spec.inputs:
+            width = t.shape[1]
+            feed[t.name] = (torch.rand if t.name in ("s", "t") else torch.randn)(
+                batch, width, generator=gen
+            )
+        ref = model.flow_lm.flow_net(*(feed[n] for n in names))
+        yield [({k: _np(v) for k, v in feed.items()}, {"flow_dir": _np(ref)})]
+
+
+def _mimi_decoder_cases(model) -> Iterator[list[Step]]:
+    """Frames per call vary (1, 2, 3) and the run outlasts the transformer's context."""
+    from pocket_tts.modules.stateful_module import increment_steps, init_states
+
+    mimi, flow_lm = model.mimi, model.flow_lm
+    per_latent = int(mimi.encoder_frame_rate / mimi.frame_rate)
+    sizes = [1 + (i % 3) for i in range(STREAM_STEPS)]
+    state = init_states(mimi, batch_size=1, sequence_length=sum(sizes) * per_latent + 8)
+    gen = _rng(40)
+    steps = []
+    for frames in sizes:
+        latent = torch.randn(1, frames, flow_lm.ldim, generator=gen)
+        audio = mimi.decode_from_latent(latent * flow_lm.emb_std + flow_lm.emb_mean, state)
+        increment_steps(mimi, state, increment=per_latent * frames)
+        steps.append(({"latent": _np(latent)}, {"audio_frame": _np(audio)}))
+    yield steps
+
+
+def reference_cases(model, specs: dict[str, GraphSpec]) -> dict[str, list[list[Step]]]:
+    with torch.no_grad():
+        return {
+            "text_conditioner": list(_text_conditioner_cases(model)),
+            "mimi_encoder": list(_mimi_encoder_cases(model)),
+            "flow_lm_main": list(_flow_lm_main_cases(model)),
+            "flow_lm_flow": list(_flow_lm_flow_cases(model, specs["flow_lm_flow"])),
+            "mimi_decoder": list(_mimi_decoder_cases(model)),
+        }
+
+
+def run_stream(session: ort.InferenceSession, spec: GraphSpec, steps: list[Step]) -> list[dict]:
+    """Run one case, starting from all-zero states and looping state outputs back by name."""
+    states = {s.name: np.zeros(s.initial_shape, dtype=s.dtype) for s in spec.states}
+    output_names = [t.name for t in spec.all_outputs]
+    results = []
+    for inputs, _ in steps:
+        values = session.run(output_names, {**inputs, **states})
+        out = dict(zip(output_names, values))
+        states = {s.name: out[s.output_name] for s in spec.states}
+        results.append(out)
+    return results
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def verify_graph(
+    spec: GraphSpec, cases: list[list[Step]], fp32: Path, int8: Path | None = None
+) -> GraphReport:
+    session = _session(fp32)
+    max_err: dict[str, float] = {}
+    scale: dict[str, float] = {}
+    fp32_outputs = []
+    n_steps = 0
+    for steps in cases:
+        outs = run_stream(session, spec, steps)
+        fp32_outputs.append(outs)
+        for (_, refs), out in zip(steps, outs):
+            n_steps += 1
+            for name, ref in refs.items():
+                got = out[name]
+                if got.shape != ref.shape:
+                    raise VerificationError(
+                        spec.name, name, float("inf"), spec.tolerance,
+                        f"shape {got.shape} != upstream {ref.shape}",
+                    )
+                err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+                if not np.isfinite(err):
+                    raise VerificationError(spec.name, name, err, spec.tolerance, "non-finite")
+                max_err[name] = max(max_err.get(name, 0.0), err)
+                scale[name] = max(scale.get(name, 0.0), float(np.max(np.abs(ref), initial=0.0)))
+    errors = {name: max_err[name] / max(scale[name], 1e-6) for name in max_err}
+    report = GraphReport(spec.name, len(cases), n_steps, errors, spec.tolerance)
+    for name, err in errors.items():
+        if err > spec.tolerance:
+            raise VerificationError(spec.name, name, err, spec.tolerance)
+    if int8 is not None:
+        report.int8_rel_l2 = _int8_error(spec, cases, fp32_outputs, _session(int8))
+    return report
+
+
+def _int8_error(spec, cases, fp32_outputs, session) -> dict[str, float]:
+    num: dict[str, float] = {}
+    den: dict[str, float] = {}
+    for steps, ref_outs in zip(cases, fp32_outputs):
+        for out, ref in zip(run_stream(session, spec, steps), ref_outs):
+            for t in spec.outputs:
+                a, b = out[t.name].astype(np.float64), ref[t.name].astype(np.float64)
+                if not np.all(np.isfinite(a)):
+                    raise VerificationError(spec.name, t.name, float("nan"), spec.tolerance,
+                                            "INT8 graph produced NaN/Inf")
+                num[t.name] = num.get(t.name, 0.0) + float(np.sum((a - b) ** 2))
+                den[t.name] = den.get(t.name, 0.0) + float(np.sum(b**2))
+    return {k: (num[k] / den[k]) ** 0.5 if den[k] > 0 else 0.0 for k in num}

@@ -1,0 +1,168 @@
+"""`manifest.json`: everything a runtime must not hardcode, written beside the graphs.
+
+Schema-versioned. A runtime refuses a manifest from a newer schema instead of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pocket_tts_onnx.errors import BundleError
+from pocket_tts_onnx.specs import FLOW_TIME_INPUTS, GRAPH_NAMES, GraphSpec
+from pocket_tts_onnx.text import TextRules
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PRECISIONS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Generation defaults, upstream's values for this model."""
+
+    temperature: float
+    decode_steps: int  # LSD / Euler steps of the flow head
+    noise_clamp: float | None
+    eos_threshold: float
+    frames_after_eos: int | None  # None: upstream's per-chunk guess + frames_after_eos_guess_offset
+    frames_after_eos_guess_offset: int
+    min_frames_before_eos: int
+    max_length_tokens_per_second: float
+    max_length_padding_seconds: float
+    fade_in_seconds: float
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    file: str
+    kind: str  # "sentencepiece" (.model) or "tokenizers" (tokenizer.json)
+    vocab_size: int
+    origin: str  # where it came from; says "stand-in" for random-weight exports
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    spec: GraphSpec
+    files: dict[str, str]  # precision -> file name
+    sha256: dict[str, str]  # file name -> digest
+
+    def to_dict(self) -> dict:
+        return {"files": self.files, "sha256": self.sha256, **self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> GraphEntry:
+        return cls(spec=GraphSpec.from_dict(name, d), files=dict(d["files"]),
+                   sha256=dict(d["sha256"]))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    pocket_tts_version: str
+    exporter_version: str
+    source: dict[str, str]
+    random_weights: bool
+    sample_rate: int
+    frame_rate: float
+    samples_per_latent: int
+    latent_dim: int
+    d_model: int
+    head_dim: int
+    flow_type: str
+    voice_cloning: bool
+    defaults: Defaults
+    text: TextRules
+    tokenizer: TokenizerInfo
+    graphs: dict[str, GraphEntry]
+    schema_version: int = SCHEMA_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flow_time_inputs(self) -> tuple[str, ...]:
+        return FLOW_TIME_INPUTS[self.flow_type]
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "pocket_tts_version": self.pocket_tts_version,
+            "exporter_version": self.exporter_version,
+            "source": self.source,
+            "random_weights": self.random_weights,
+            "sample_rate": self.sample_rate,
+            "frame_rate": self.frame_rate,
+            "samples_per_latent": self.samples_per_latent,
+            "latent_dim": self.latent_dim,
+            "d_model": self.d_model,
+            "head_dim": self.head_dim,
+            "flow_type": self.flow_type,
+            "flow_time_inputs": list(self.flow_time_inputs),
+            "voice_cloning": self.voice_cloning,
+            "defaults": asdict(self.defaults),
+            "text": self.text.to_dict(),
+            "tokenizer": asdict(self.tokenizer),
+            "graphs": {name: g.to_dict() for name, g in self.graphs.items()},
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        version = d.get("schema_version")
+        if not isinstance(version, int):
+            raise BundleError("manifest has no integer schema_version; re-export the bundle")
+        if version > SCHEMA_VERSION:
+            raise BundleError(
+                f"manifest schema {version} is newer than this pocket-tts-onnx supports "
+                f"({SCHEMA_VERSION}): upgrade pocket-tts-onnx"
+            )
+        try:
+            graphs = {name: GraphEntry.from_dict(name, d["graphs"][name]) for name in GRAPH_NAMES}
+            if d["flow_type"] not in FLOW_TIME_INPUTS:
+                raise ValueError(f"unknown flow_type {d['flow_type']!r}")
+            return cls(
+                schema_version=version,
+                pocket_tts_version=d["pocket_tts_version"],
+                exporter_version=d["exporter_version"],
+                source=dict(d["source"]),
+                random_weights=bool(d["random_weights"]),
+                sample_rate=int(d["sample_rate"]),
+                frame_rate=float(d["frame_rate"]),
+                samples_per_latent=int(d["samples_per_latent"]),
+                latent_dim=int(d["latent_dim"]),
+                d_model=int(d["d_model"]),
+                head_dim=int(d["head_dim"]),
+                flow_type=d["flow_type"],
+                voice_cloning=bool(d["voice_cloning"]),
+                defaults=Defaults(**d["defaults"]),
+                text=TextRules.from_dict(d["text"]),
+                tokenizer=TokenizerInfo(**d["tokenizer"]),
+                graphs=graphs,
+                notes=list(d.get("notes", [])),
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"manifest is incomplete or malformed ({type(e).__name__}: {e})") from e
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        directory = Path(directory)
+        path = directory / MANIFEST_NAME
+        if not directory.is_dir():
+            raise BundleError(f"bundle directory not found: {directory}")
+        if not path.is_file():
+            raise BundleError(f"{path} is missing: {directory} is not a pocket-tts-onnx bundle "
+                              "(export one with `pocket-tts-onnx export`)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BundleError(f"{path} is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise BundleError(f"{path} does not hold a JSON object")
+        return cls.from_dict(data)

@@ -1,0 +1,155 @@
+"""One spec per graph: input/output names, dtypes, shapes with named dynamic axes, states and
+the FP32 validation tolerance. The exporter, the validator and the runtimes all read these
+(the runtimes through the manifest), so a name is written down exactly once.
+
+Shapes hold ints for fixed sizes and strings for dynamic axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+GRAPH_NAMES = ("text_conditioner", "mimi_encoder", "flow_lm_main", "flow_lm_flow", "mimi_decoder")
+
+# Time inputs of one flow-head solver step, by head type (see pocket_tts.models.flow_lm).
+FLOW_TIME_INPUTS = {"lsd": ("s", "t"), "flow_matching": ("t",), "drifting": (), "pointwise": ()}
+
+# FP32 graphs must match upstream within this max |delta| relative to the output's scale.
+FP32_RELATIVE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorSpec:
+        return cls(name=d["name"], dtype=d["dtype"], shape=list(d["shape"]))
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """A streaming state: graph input `name`, output `out_<name>`, initial value all zeros
+    (with every dynamic axis at 0), and where it lives in upstream's model_state."""
+
+    name: str
+    upstream_module: str
+    upstream_key: str
+    dtype: str
+    shape: list[int | str]
+    initial: str = "zeros"
+
+    @property
+    def output_name(self) -> str:
+        return f"out_{self.name}"
+
+    @property
+    def initial_shape(self) -> list[int]:
+        return [0 if isinstance(d, str) else d for d in self.shape]
+
+    def input_spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.dtype, self.shape)
+
+    def output_spec(self) -> TensorSpec:
+        # The sequence axis of an output state differs from the input's (it grew).
+        shape = [f"out_{d}" if isinstance(d, str) else d for d in self.shape]
+        return TensorSpec(self.output_name, self.dtype, shape)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StateSpec:
+        return cls(**{**d, "shape": list(d["shape"])})
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    states: list[StateSpec] = field(default_factory=list)
+    tolerance: float = FP32_RELATIVE_TOLERANCE
+
+    @property
+    def all_inputs(self) -> list[TensorSpec]:
+        return self.inputs + [s.input_spec() for s in self.states]
+
+    @property
+    def all_outputs(self) -> list[TensorSpec]:
+        return self.outputs + [s.output_spec() for s in self.states]
+
+    def to_dict(self) -> dict:
+        return {
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "states": [s.to_dict() for s in self.states],
+            "tolerance": self.tolerance,
+        }
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> GraphSpec:
+        return cls(
+            name=name,
+            inputs=[TensorSpec.from_dict(t) for t in d["inputs"]],
+            outputs=[TensorSpec.from_dict(t) for t in d["outputs"]],
+            states=[StateSpec.from_dict(s) for s in d["states"]],
+            tolerance=float(d["tolerance"]),
+        )
+
+
+def build_graph_specs(
+    *,
+    d_model: int,
+    head_dim: int,
+    latent_dim: int,
+    flow_type: str,
+    flow_lm_states: list[StateSpec],
+    mimi_decoder_states: list[StateSpec],
+) -> dict[str, GraphSpec]:
+    """The graph contract for one model. `head_dim` is Dz (z_dim, or d_model without it)."""
+    f32 = "float32"
+    times = [TensorSpec(t, f32, ["batch", 1]) for t in FLOW_TIME_INPUTS[flow_type]]
+    specs = [
+        GraphSpec(
+            "text_conditioner",
+            [TensorSpec("token_ids", "int64", [1, "tokens"])],
+            [TensorSpec("embeddings", f32, [1, "tokens", d_model])],
+        ),
+        GraphSpec(
+            "mimi_encoder",
+            [TensorSpec("audio", f32, [1, 1, "samples"])],
+            [TensorSpec("latents", f32, [1, "frames", d_model])],
+        ),
+        GraphSpec(
+            "flow_lm_main",
+            [
+                TensorSpec("sequence", f32, [1, "steps", latent_dim]),
+                TensorSpec("text_embeddings", f32, [1, "tokens", d_model]),
+            ],
+            [TensorSpec("conditioning", f32, [1, head_dim]), TensorSpec("eos_logit", f32, [1, 1])],
+            states=flow_lm_states,
+        ),
+        GraphSpec(
+            "flow_lm_flow",
+            [TensorSpec("c", f32, ["batch", head_dim]), *times,
+             TensorSpec("x", f32, ["batch", latent_dim])],
+            [TensorSpec("flow_dir", f32, ["batch", latent_dim])],
+        ),
+        GraphSpec(
+            "mimi_decoder",
+            [TensorSpec("latent", f32, [1, "frames", latent_dim])],
+            [TensorSpec("audio_frame", f32, [1, 1, "samples"])],
+            states=mimi_decoder_states,
+        ),
+    ]
+    return {s.name: s for s in specs}

@@ -121,19 +121,21 @@ def _local_tokenizer(data: dict, config_path: Path) -> Path | None:
 
 def _wrap_load_error(e: Exception, what: str) -> ModelSourceError:
     text = f"{type(e).__name__}: {e}"
+    short = text.splitlines()[0][:300]
+    if type(e).__module__.startswith(("huggingface_hub", "requests", "urllib3")):
+        return ModelSourceError(
+            f"{what}: could not fetch the model files from the model hub ({short}). "
+            + _source_options()
+        )
     if isinstance(e, FileNotFoundError):
-        return ModelSourceError(f"{what}: file not found ({e}). " + _source_options())
+        return ModelSourceError(f"{what}: file not found ({short}). " + _source_options())
     if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
-        short = text.splitlines()[0][:300]
         return ModelSourceError(
             f"{what}: the weights do not match the config ({short}). Pass the config the "
             "weights were trained with."
         )
-    if "safetensor" in text.lower() or "header" in text.lower() or "pickle" in text.lower():
-        return ModelSourceError(f"{what}: the weights file is corrupt or not in the expected "
-                                f"format ({text[:300]}).")
     return ModelSourceError(
-        f"{what}: could not load the weights ({text[:300]}). " + _source_options()
+        f"{what}: the weights file is corrupt or unreadable ({short}). " + _source_options()
     )
 
 

@@ -1,0 +1,136 @@
+"""Text tokenizers for the runtime, without torch.
+
+Upstream wraps the same two backends (a SentencePiece `.model` or a HuggingFace
+`tokenizer.json`) in classes that return torch tensors. The runtime only needs plain id
+lists, and must produce exactly the ids upstream feeds to the text embedding table, so these
+wrappers call the backends the same way (default encode/decode options, nothing added).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from pocket_tts_onnx.errors import BundleError
+
+__all__ = [
+    "TOKENIZER_KINDS",
+    "HFJsonTokenizer",
+    "SentencePieceTokenizer",
+    "Tokenizer",
+    "load_tokenizer",
+]
+
+# Accepted values of `kind`; "json" is what upstream's `build_tokenizer` also accepts.
+TOKENIZER_KINDS = ("sentencepiece", "tokenizers", "json")
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the text pipeline needs from a tokenizer: text <-> ids, and the table size."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece `.model`, encoded to ids with the backend's default options."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, processor, path: Path | None = None):
+        self._sp = processor
+        self.path = path
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.vocab_size())
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._sp.encode(text, out_type=int))
+
+    def decode(self, ids: list[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    def __repr__(self) -> str:
+        return f"SentencePieceTokenizer(path={str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+class HFJsonTokenizer:
+    """A HuggingFace `tokenizer.json`; default `encode`/`decode` options, like upstream."""
+
+    kind = "tokenizers"
+
+    def __init__(self, tokenizer, path: Path | None = None):
+        self._tok = tokenizer
+        self.path = path
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size())
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode([int(i) for i in ids])
+
+    def __repr__(self) -> str:
+        return f"HFJsonTokenizer(path={str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(path: str | Path, kind: str) -> Tokenizer:
+    """Load the tokenizer file of a bundle.
+
+    `kind` is "sentencepiece" (a `.model` file) or "tokenizers" (a HuggingFace
+    `tokenizer.json`; "json" is accepted as an alias). Any problem with the file raises
+    `BundleError` naming it, since a bad tokenizer means a broken or incomplete bundle.
+    """
+    path = Path(path)
+    if kind not in TOKENIZER_KINDS:
+        raise BundleError(
+            f"unknown tokenizer kind {kind!r} for {path}: expected 'sentencepiece' or 'tokenizers'"
+        )
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise BundleError(f"tokenizer file {path} {what}; the bundle is incomplete")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"tokenizer file {path} cannot be read: {exc}") from exc
+    if kind == "sentencepiece":
+        return _load_sentencepiece(path, data)
+    return _load_hf_json(path, data)
+
+
+def _load_sentencepiece(path: Path, data: bytes) -> SentencePieceTokenizer:
+    # Imported here so that importing this module (e.g. for the protocol) stays cheap.
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        # Loading from bytes avoids the C++ file API, which mishandles some non-ASCII paths.
+        processor.LoadFromSerializedProto(data)
+    except Exception as exc:  # the backend raises RuntimeError/OSError/... depending on version
+        raise BundleError(
+            f"tokenizer file {path} is not a valid SentencePiece model: {exc}"
+        ) from exc
+    if processor.vocab_size() <= 0:
+        raise BundleError(f"tokenizer file {path} is a SentencePiece model with no pieces")
+    return SentencePieceTokenizer(processor, path)
+
+
+def _load_hf_json(path: Path, data: bytes) -> HFJsonTokenizer:
+    import tokenizers
+
+    try:
+        tokenizer = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as exc:  # tokenizers raises a bare Exception on parse errors
+        raise BundleError(
+            f"tokenizer file {path} is not a valid HuggingFace tokenizer.json: {exc}"
+        ) from exc
+    return HFJsonTokenizer(tokenizer, path)

@@ -1,0 +1,344 @@
+"""From a user's text to the token ids of each chunk the model speaks, without torch.
+
+The model was trained on single sentences, so upstream pocket-tts normalises the prompt,
+splits long inputs on sentence boundaries (falling back to commas/semicolons/colons for
+overlong sentences), packs the pieces into chunks of at most `max_tokens_per_chunk` tokens,
+normalises each chunk again and tokenizes it. The ids must match upstream exactly (the
+exported graphs embed them with the same table), so this module reproduces that behaviour,
+quirks included; each quirk is pointed out where it happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from pocket_tts_onnx.errors import BundleError, InvalidInputError
+
+if TYPE_CHECKING:
+    from pocket_tts_onnx.runtime.tokenizer import Tokenizer
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS_PER_CHUNK",
+    "TextChunk",
+    "TextRules",
+    "estimate_max_frames",
+    "prepare_chunk",
+    "split_into_chunks",
+    "text_to_chunk_tokens",
+]
+
+logger = logging.getLogger(__name__)
+
+# Upstream's MAX_TOKEN_PER_CHUNK (pocket_tts.default_parameters).
+DEFAULT_MAX_TOKENS_PER_CHUNK = 50
+
+# Upstream's TTSModel._TOKENS_PER_SECOND_ESTIMATE and _GEN_SECONDS_PADDING.
+DEFAULT_TOKENS_PER_SECOND = 3.0
+DEFAULT_PADDING_SECONDS = 2.0
+
+# Ending a prompt with one of these counts as a finished sentence.
+_SENTENCE_END = ".!?\u2026"
+# A trailing one of these is turned into a period rather than kept before it.
+_SOFT_END = ",;:-\u2013\u2014"
+# Closing quotes/brackets that may follow the sentence end.
+_TRAILING_CLOSERS = "\"'\u201d\u2019)]\u00bb"
+# After characters are deleted ('"Hi?", she said' -> 'Hi?, she said') a sentence mark can
+# end up right before a comma/semicolon/colon; only the sentence mark is kept.
+_MARK_THEN_SOFT = re.compile(r"([.!?\u2026])\s*[,;:]")
+
+# Strings whose tokens, minus the first, are the split points. Upstream drops the first id
+# because a SentencePiece-style tokenizer starts the encoding with the word-boundary piece;
+# it is dropped even when it is merged with the first mark, which then is no split point.
+_SENTENCE_MARKS_PROBE = ".!...?"
+_CLAUSE_MARKS_PROBE = ",;:"
+
+# Upstream pads prompts of fewer than 5 words with 8 spaces when the config asks for it.
+_SHORT_PROMPT_WORDS = 5
+_SHORT_PROMPT_PADDING = " " * 8
+
+
+@dataclass(frozen=True)
+class TextRules:
+    """The text normalisation settings of a model (upstream `Config` fields), as a bundle
+    stores them. Defaults are upstream's defaults."""
+
+    pad_with_spaces_for_short_inputs: bool = False
+    remove_semicolons: bool = False
+    append_terminal_punctuation: bool = True
+    capitalize_first_letter: bool = True
+    # Excluded from the hash (a dict is unhashable); equality still compares it.
+    replace_characters: dict[str, str] = field(default_factory=dict, hash=False)
+    max_tokens_per_chunk: int = DEFAULT_MAX_TOKENS_PER_CHUNK
+
+    def __post_init__(self) -> None:
+        for name in (
+            "pad_with_spaces_for_short_inputs",
+            "remove_semicolons",
+            "append_terminal_punctuation",
+            "capitalize_first_letter",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(
+                    f"TextRules.{name} must be a bool, got {getattr(self, name)!r}"
+                )
+        mapping = self.replace_characters
+        if not isinstance(mapping, dict):
+            raise InvalidInputError(
+                f"TextRules.replace_characters must be a dict, got {type(mapping).__name__}"
+            )
+        for key, value in mapping.items():
+            # str.maketrans (used upstream) only accepts single characters as keys.
+            if not (isinstance(key, str) and len(key) == 1 and isinstance(value, str)):
+                raise InvalidInputError(
+                    "TextRules.replace_characters must map single characters to strings, "
+                    f"got {key!r}: {value!r}"
+                )
+        limit = self.max_tokens_per_chunk
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInputError(
+                f"TextRules.max_tokens_per_chunk must be a positive int, got {limit!r}"
+            )
+        # Private copy, so mutating the caller's dict cannot change a frozen object.
+        object.__setattr__(self, "replace_characters", dict(mapping))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, the inverse of `from_dict`."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["replace_characters"] = dict(self.replace_characters)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextRules:
+        """Read rules from a bundle manifest; missing keys take upstream's defaults.
+
+        Unknown keys are rejected rather than ignored: they mean the bundle was written by a
+        newer exporter whose text handling this runtime would silently get wrong.
+        """
+        if not isinstance(data, dict):
+            raise BundleError(f"text rules must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BundleError(
+                f"unknown text rule(s) {unknown} in the bundle; known rules: {sorted(known)}. "
+                "The bundle may come from a newer pocket-tts-onnx."
+            )
+        try:
+            return cls(**data)
+        except InvalidInputError as exc:
+            raise BundleError(f"invalid text rules in the bundle: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """One generation unit: the prompt text upstream tokenizes, its ids, and the
+    frames-after-EOS guess from `prepare_chunk` (without upstream's `+2`)."""
+
+    text: str
+    token_ids: list[int]
+    frames_after_eos_guess: int
+
+
+def prepare_chunk(text: str, rules: TextRules) -> tuple[str, int]:
+    """Normalise a prompt the way upstream's `prepare_text_prompt` does.
+
+    Returns the prepared text and upstream's frames-after-EOS guess: 3 for prompts of at
+    most 4 words, else 1. This is the value *before* the `+2` that upstream's
+    `generate_audio_stream` adds, so the frames generated after EOS (when the caller gives
+    none and the model recommends none) are `guess + 2`.
+
+    Raises `InvalidInputError` when nothing is left to say (empty or whitespace-only text,
+    or text that only held characters `replace_characters` deletes).
+    """
+    if not isinstance(text, str):
+        raise InvalidInputError(f"text must be a str, got {type(text).__name__}")
+    text = text.strip()
+    if rules.replace_characters:
+        text = text.translate(str.maketrans(rules.replace_characters))
+        # Also collapses all whitespace runs, newlines included; only done when there are
+        # replacements (quirk kept: without them, runs of spaces survive, see below).
+        text = " ".join(text.split())
+        text = _MARK_THEN_SOFT.sub(r"\1", text)
+    if not text:
+        raise InvalidInputError(
+            "text is empty or only whitespace (after character replacements); "
+            "there is nothing to synthesize"
+        )
+    # A single non-overlapping pass, as upstream: four spaces become two, not one.
+    text = text.replace("\n", " ").replace("\r", " ").replace("  ", " ")
+    if rules.remove_semicolons:
+        text = text.replace(";", ",")
+
+    # Counted before capitalisation/punctuation, like upstream.
+    guess = 3 if len(text.split()) <= 4 else 1
+
+    if rules.capitalize_first_letter and not text[0].isupper():
+        # May change the length ("ß" -> "SS"), as upstream.
+        text = text[0].upper() + text[1:]
+    if rules.append_terminal_punctuation:
+        text = _end_with_sentence_mark(text)
+    if rules.pad_with_spaces_for_short_inputs and len(text.split()) < _SHORT_PROMPT_WORDS:
+        # The model does badly on very few tokens; leading spaces add some.
+        text = _SHORT_PROMPT_PADDING + text
+    return text, guess
+
+
+def _end_with_sentence_mark(text: str) -> str:
+    """Make the prompt end like a training sentence, as upstream does.
+
+    Text already ending in . ! ? or an ellipsis (possibly before closing quotes/brackets) is
+    kept. A trailing run of commas, semicolons, colons or dashes becomes a period placed
+    before the closers; otherwise a period is appended after everything (the splitter only
+    cuts on a bare period token, so a period inside the quotes would leave the quote as its
+    own chunk).
+    """
+    body = text.rstrip(_TRAILING_CLOSERS + " ")
+    if not body or body[-1] in _SENTENCE_END:
+        return text
+    if body[-1] in _SOFT_END:
+        closers = text[len(body) :].strip()
+        return body.rstrip(_SOFT_END + " ") + "." + closers
+    return text + "."
+
+
+def split_into_chunks(text: str, tokenizer: Tokenizer, rules: TextRules) -> list[str]:
+    """Split text into the chunks upstream generates one at a time.
+
+    Same result as upstream's `split_into_best_sentences(tokenizer, text,
+    rules.max_tokens_per_chunk, ...)`: the whole prompt is prepared and tokenized, cut after
+    each run of sentence-mark tokens (except a period between two digits, e.g. "3.5"),
+    sentences longer than the limit are re-tokenized and cut after clause marks, then the
+    pieces are packed greedily into chunks of at most `max_tokens_per_chunk` tokens (a
+    single piece may exceed it). The chunks are decoded text, not yet prepared.
+    """
+    limit = rules.max_tokens_per_chunk
+    prepared, _ = prepare_chunk(text, rules)
+    ids = tokenizer.encode(prepared.strip())
+
+    sentence_marks = set(tokenizer.encode(_SENTENCE_MARKS_PROBE)[1:])
+    cuts = _cut_points(ids, sentence_marks, tokenizer, keep_decimals=True)
+    sentences = _decode_pieces(ids, cuts, tokenizer)
+
+    clause_marks = set(tokenizer.encode(_CLAUSE_MARKS_PROBE)[1:])
+    pieces: list[tuple[int, str]] = []
+    for count, sentence in sentences:
+        if count > limit:
+            # Re-tokenized from the decoded text, so the counts may differ from the
+            # sentence's own tokens (upstream does the same).
+            sub_ids = tokenizer.encode(sentence.strip())
+            clauses = _decode_pieces(sub_ids, _cut_points(sub_ids, clause_marks), tokenizer)
+            if len(clauses) > 1:
+                pieces.extend(clauses)
+                continue
+        pieces.append((count, sentence))
+
+    chunks: list[str] = []
+    current, current_count = "", 0
+    for count, piece in pieces:
+        if current == "":
+            # Quirk kept: the test is on the text, so a piece that decoded to "" is
+            # replaced (token count included) by the next one.
+            current, current_count = piece, count
+        elif current_count + count > limit:
+            chunks.append(current.strip())
+            current, current_count = piece, count
+        else:
+            current += " " + piece
+            current_count += count
+    if current != "":
+        chunks.append(current.strip())
+
+    for chunk in chunks:
+        n = len(tokenizer.encode(chunk.strip()))
+        if n > limit:
+            logger.warning(
+                "chunk has %d tokens (limit %d), the model may skip words: %.50r", n, limit, chunk
+            )
+    return chunks
+
+
+def _cut_points(
+    ids: list[int],
+    marks: set[int],
+    tokenizer: Tokenizer | None = None,
+    keep_decimals: bool = False,
+) -> list[int]:
+    """Token positions where a piece starts: 0, each first non-mark token after a run of
+    marks (unless it continues a decimal number), and len(ids) as the final end."""
+    cuts = [0]
+    after_mark = False
+    for pos, token in enumerate(ids):
+        if token in marks:
+            after_mark = True
+            continue
+        if after_mark and not (
+            keep_decimals and tokenizer is not None and _continues_decimal(ids, pos, tokenizer)
+        ):
+            cuts.append(pos)
+        after_mark = False
+    cuts.append(len(ids))
+    return cuts
+
+
+def _continues_decimal(ids: list[int], pos: int, tokenizer: Tokenizer) -> bool:
+    """True when the text before `pos` ends in digit + "." and the text from `pos` starts
+    with a digit. Both sides are decoded separately, as upstream does; since decoding drops
+    a leading word boundary, "3. 5" also counts as a decimal and is not cut."""
+    before = tokenizer.decode(ids[:pos])
+    after = tokenizer.decode(ids[pos:])
+    return (
+        len(before) >= 2
+        and before[-1] == "."
+        and before[-2].isdigit()
+        and bool(after)
+        and after[0].isdigit()
+    )
+
+
+def _decode_pieces(ids: list[int], cuts: list[int], tokenizer: Tokenizer) -> list[tuple[int, str]]:
+    """(token count, decoded text) of each span between consecutive cut points."""
+    return [
+        (end - start, tokenizer.decode(ids[start:end]))
+        for start, end in zip(cuts[:-1], cuts[1:], strict=True)
+    ]
+
+
+def text_to_chunk_tokens(text: str, tokenizer: Tokenizer, rules: TextRules) -> list[TextChunk]:
+    """What upstream's `generate_audio_stream` feeds the model: each chunk of
+    `split_into_chunks`, prepared again with `prepare_chunk`, then tokenized.
+
+    Raises `InvalidInputError` for empty/whitespace-only text, and also where upstream would
+    go on with nothing to condition on: no chunk at all, or a chunk without tokens (text
+    made only of characters the tokenizer drops, e.g. control characters).
+    """
+    out = []
+    for chunk in split_into_chunks(text, tokenizer, rules):
+        prepared, guess = prepare_chunk(chunk, rules)
+        ids = tokenizer.encode(prepared)
+        if not ids:
+            raise InvalidInputError(
+                f"text chunk {prepared!r} has no tokens the model knows; nothing to synthesize"
+            )
+        out.append(TextChunk(text=prepared, token_ids=ids, frames_after_eos_guess=guess))
+    if not out:
+        raise InvalidInputError(
+            "text has no tokens the model knows (only characters the tokenizer drops); "
+            "nothing to synthesize"
+        )
+    return out
+
+
+def estimate_max_frames(
+    token_count: int,
+    frame_rate: float,
+    tokens_per_second: float = DEFAULT_TOKENS_PER_SECOND,
+    padding_seconds: float = DEFAULT_PADDING_SECONDS,
+) -> int:
+    """Upper bound on the frames generated for a chunk, as upstream's `_estimate_max_gen_len`:
+    generation stops there even if the model never signals EOS."""
+    seconds = token_count / tokens_per_second + padding_seconds
+    return math.ceil(seconds * frame_rate)

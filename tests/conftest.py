@@ -1,0 +1,120 @@
+"""Shared fixtures: tiny versions of each upstream model family, exported once per session.
+
+The families keep the structure of the shipped configs at a size that exports, verifies and
+quantizes in seconds:
+- lsd: the embedded demo config (d_model-wide head, BOS before voice), like english.yaml;
+- drifting: the same with a drifting head, like english_drifting_26-09.yaml;
+- pointwise: GQA, attn_dim, z_dim, a low-rank text table and a separate (smaller) decoder
+  SEANet + transformer, like english_2m_2026-10.yaml;
+- flow_matching: an Euler flow-matching head, with replicate padding in the codec.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pocket_tts_onnx.export.loading import DEMO_CONFIG, DEMO_DIR, ModelSource
+
+FAMILIES = ("lsd", "drifting", "pointwise", "flow_matching")
+
+logging.getLogger("pocket_tts").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def family_config(family: str) -> dict:
+    data = yaml.safe_load(DEMO_CONFIG.read_text())
+    data["flow_lm"]["lookup_table"]["tokenizer_path"] = str(DEMO_DIR / "tokenizer.model")
+    flow_lm, mimi = data["flow_lm"], data["mimi"]
+    if family == "drifting":
+        flow_lm["flow"]["type"] = "drifting"
+    elif family == "pointwise":
+        flow_lm["flow"].update(type="pointwise", dim=32, depth=3)
+        flow_lm["transformer"].update(
+            d_model=48, num_heads=3, num_kv_heads=1, attn_dim=72, dim_feedforward=40,
+            hidden_scale=1, num_layers=3,
+        )
+        flow_lm["lookup_table"].update(dim=48, rank=16)
+        flow_lm["z_dim"] = 24
+        mimi["outer_dim"] = 32
+        mimi["quantizer"]["output_dimension"] = 32
+        mimi["decoder_seanet"] = {**copy.deepcopy(mimi["seanet"]), "dimension": 32,
+                                  "n_filters": 6, "kernel_size": 3}
+        mimi["decoder_transformer"] = {**copy.deepcopy(mimi["transformer"]), "d_model": 32,
+                                       "num_heads": 2, "num_layers": 2, "context": 12,
+                                       "dim_feedforward": 48, "input_dimension": 32,
+                                       "output_dimensions": [32]}
+        data["default_eos_threshold"] = -1.0
+        data["replace_characters"] = {"–": ",", "—": ","}
+    elif family == "flow_matching":
+        flow_lm["flow"]["type"] = "flow_matching"
+        flow_lm["insert_bos_before_voice"] = False
+        mimi["seanet"]["pad_mode"] = "replicate"
+        data["remove_semicolons"] = True
+        data["pad_with_spaces_for_short_inputs"] = True
+    return data
+
+
+@dataclass
+class FamilyBundle:
+    family: str
+    config: Path
+    bundle: Path
+    reports: dict
+
+    @property
+    def source(self) -> ModelSource:
+        return ModelSource(config=self.config, random_init=True, seed=0)
+
+    def upstream(self):
+        """The same upstream model the bundle came from (same config, same seed)."""
+        from pocket_tts_onnx.export.loading import load_model
+
+        return load_model(self.source).model
+
+
+@pytest.fixture(scope="session")
+def family_configs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("configs")
+    paths = {}
+    for family in FAMILIES:
+        path = root / f"tiny_{family}.yaml"
+        path.write_text(yaml.safe_dump(family_config(family), allow_unicode=True))
+        paths[family] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def bundles(family_configs, tmp_path_factory) -> dict[str, FamilyBundle]:
+    from pocket_tts_onnx.export.pipeline import export_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for family, config in family_configs.items():
+        bundle = root / family
+        source = ModelSource(config=config, random_init=True, seed=0)
+        _, reports = export_bundle(source, bundle, quantize=True, verify=True)
+        out[family] = FamilyBundle(family, config, bundle, {r.graph: r for r in reports})
+    return out
+
+
+@pytest.fixture(scope="session")
+def lsd_bundle(bundles) -> FamilyBundle:
+    return bundles["lsd"]
+
+
+@pytest.fixture()
+def voice_audio() -> np.ndarray:
+    """Two seconds of speech-like noise bursts at 24 kHz ending in a pause."""
+    rng = np.random.default_rng(7)
+    audio = np.zeros(48000, dtype=np.float32)
+    for start in range(0, 40000, 8000):
+        audio[start : start + 5000] = 0.2 * rng.standard_normal(5000)
+    return audio

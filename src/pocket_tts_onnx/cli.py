@@ -52,7 +52,8 @@ def _voice_parser(sub) -> None:
     p.add_argument("--bundle", type=Path, default=Path("onnx"))
     p.add_argument("--out", type=Path, default=Path("voice.npz"))
     p.add_argument("--precision", choices=["int8", "fp32"], default="fp32")
-    p.add_argument("--truncate", action="store_true", help="use only the first 30 s")
+    p.add_argument("--no-truncate", action="store_true",
+                   help="encode the whole prompt (default: only its first 30 s)")
 
 
 def _bench_parser(sub) -> None:
@@ -165,7 +166,7 @@ def run_voice(args) -> None:
 
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision)
     start = time.perf_counter()
-    voice = tts.voice_from_audio(args.audio, truncate=args.truncate)
+    voice = tts.voice_from_audio(args.audio, truncate=not args.no_truncate)
     voice.save(args.out)
     print(f"wrote {args.out} in {time.perf_counter() - start:.2f} s")
 

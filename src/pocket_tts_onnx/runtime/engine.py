@@ -182,10 +182,11 @@ class PocketTTSOnnx:
     def voice_from_audio(
         self,
         audio: str | os.PathLike[str] | tuple[np.ndarray, int],
-        truncate: bool = False,
+        truncate: bool = True,
     ) -> Voice:
         """Clone a voice from audio: a file path, or (samples, sample_rate) with samples [N]
-        or [channels, N]. `truncate` keeps the first 30 s, as upstream's option does."""
+        or [channels, N]. `truncate` keeps the first 30 s (upstream's option, on by default
+        here: longer prompts do not help and the encoder's attention grows quadratically)."""
         if not self.manifest.voice_cloning:
             raise VoiceError(
                 "this bundle was exported from weights without voice cloning; load a "
@@ -207,7 +208,15 @@ class PocketTTSOnnx:
         mono = prepare_voice_audio(
             samples, rate, self.sample_rate, 30.0 if truncate else None, source=source
         )
-        (latents,) = self._sessions["mimi_encoder"].run(["latents"], {"audio": mono[None, None]})
+        try:
+            (latents,) = self._sessions["mimi_encoder"].run(
+                ["latents"], {"audio": mono[None, None]}
+            )
+        except Exception as e:  # in practice: out of memory on a very long prompt
+            raise VoiceError(
+                f"encoding the {mono.shape[0] / self.sample_rate:.0f} s voice prompt failed "
+                f"({str(e)[:200]}); use a shorter prompt or truncate=True"
+            ) from e
         states = self._flow_lm(self.empty_state(), self._empty_sequence(), latents)[2]
         return Voice(_readonly(states), self.model_id)
 

@@ -38,19 +38,34 @@ def family_config(family: str) -> dict:
     elif family == "pointwise":
         flow_lm["flow"].update(type="pointwise", dim=32, depth=3)
         flow_lm["transformer"].update(
-            d_model=48, num_heads=3, num_kv_heads=1, attn_dim=72, dim_feedforward=40,
-            hidden_scale=1, num_layers=3,
+            d_model=48,
+            num_heads=3,
+            num_kv_heads=1,
+            attn_dim=72,
+            dim_feedforward=40,
+            hidden_scale=1,
+            num_layers=3,
         )
         flow_lm["lookup_table"].update(dim=48, rank=16)
         flow_lm["z_dim"] = 24
         mimi["outer_dim"] = 32
         mimi["quantizer"]["output_dimension"] = 32
-        mimi["decoder_seanet"] = {**copy.deepcopy(mimi["seanet"]), "dimension": 32,
-                                  "n_filters": 6, "kernel_size": 3}
-        mimi["decoder_transformer"] = {**copy.deepcopy(mimi["transformer"]), "d_model": 32,
-                                       "num_heads": 2, "num_layers": 2, "context": 12,
-                                       "dim_feedforward": 48, "input_dimension": 32,
-                                       "output_dimensions": [32]}
+        mimi["decoder_seanet"] = {
+            **copy.deepcopy(mimi["seanet"]),
+            "dimension": 32,
+            "n_filters": 6,
+            "kernel_size": 3,
+        }
+        mimi["decoder_transformer"] = {
+            **copy.deepcopy(mimi["transformer"]),
+            "d_model": 32,
+            "num_heads": 2,
+            "num_layers": 2,
+            "context": 12,
+            "dim_feedforward": 48,
+            "input_dimension": 32,
+            "output_dimensions": [32],
+        }
         data["default_eos_threshold"] = -1.0
         data["replace_characters"] = {"–": ",", "—": ","}
     elif family == "flow_matching":

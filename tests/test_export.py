@@ -62,8 +62,12 @@ def test_family_bundle_is_verified_and_quantized(bundles, family):
 
 
 def test_flow_head_inputs_follow_head_type(bundles):
-    expected = {"lsd": ["c", "s", "t", "x"], "flow_matching": ["c", "t", "x"],
-                "drifting": ["c", "x"], "pointwise": ["c", "x"]}
+    expected = {
+        "lsd": ["c", "s", "t", "x"],
+        "flow_matching": ["c", "t", "x"],
+        "drifting": ["c", "x"],
+        "pointwise": ["c", "x"],
+    }
     for family, names in expected.items():
         session = ort.InferenceSession(str(bundles[family].bundle / "flow_lm_flow.onnx"))
         assert [i.name for i in session.get_inputs()] == names
@@ -94,9 +98,9 @@ def test_mimi_decoder_state_stays_bounded(lsd_bundle):
     names = [t.name for t in spec.all_outputs]
     for _ in range(60):
         latent = rng.standard_normal((1, 2, manifest.latent_dim)).astype(np.float32)
-        out = dict(zip(names, session.run(names, {"latent": latent, **states})))
+        out = dict(zip(names, session.run(names, {"latent": latent, **states}), strict=True))
         states = {s.name: out[s.output_name] for s in spec.states}
-    caches = [s for s in spec.states if s.upstream_key == "cache"]
+    caches = [s for s in spec.states if s.upstream_key.startswith("cache.")]
     offsets = [s for s in spec.states if s.upstream_key == "offset"]
     context = yaml.safe_load(lsd_bundle.config.read_text())["mimi"]["transformer"]["context"]
     assert all(states[s.name].shape[2] == context - 1 for s in caches)
@@ -110,7 +114,7 @@ def test_patches_are_scoped():
     classes = (StreamingMultiheadAttention, StreamingConv1d, StreamingConvTranspose1d)
     originals = [c.forward for c in classes]
     with pytest.raises(RuntimeError), stateless_modules():
-        assert all(c.forward is not o for c, o in zip(classes, originals))
+        assert all(c.forward is not o for c, o in zip(classes, originals, strict=True))
         raise RuntimeError("boom")
     assert [c.forward for c in classes] == originals
 
@@ -133,8 +137,11 @@ def test_verification_can_fail(lsd_bundle):
         verify_graph(strict, cases["mimi_decoder"], lsd_bundle.bundle / "mimi_decoder.onnx")
     # A graph from another model is caught at the default tolerance.
     with pytest.raises(VerificationError):
-        verify_graph(specs["text_conditioner"], cases["text_conditioner"],
-                     _other_family_graph(lsd_bundle, "drifting"))
+        verify_graph(
+            specs["text_conditioner"],
+            cases["text_conditioner"],
+            _other_family_graph(lsd_bundle, "drifting"),
+        )
 
 
 def _other_family_graph(lsd_bundle, family) -> Path:
@@ -162,7 +169,8 @@ def test_custom_config_with_local_weights_and_checkpoint(lsd_bundle, tmp_path):
     assert max(r.worst_fp32 for r in reports) <= 1e-4
     # Same weights as the random-init bundle: identical graph outputs.
     assert (tmp_path / "from_weights" / "text_conditioner.onnx").read_bytes() == (
-        lsd_bundle.bundle / "text_conditioner.onnx").read_bytes()
+        lsd_bundle.bundle / "text_conditioner.onnx"
+    ).read_bytes()
 
     checkpoint = tmp_path / "run.pt"
     torch.save({"model": {k: v for k, v in loaded.model.state_dict().items()}}, checkpoint)
@@ -177,9 +185,14 @@ def test_custom_config_with_local_weights_and_checkpoint(lsd_bundle, tmp_path):
     "make_source, message",
     [
         (lambda c, t: ModelSource(language="klingon"), "unknown language 'klingon'.*english"),
-        (lambda c, t: ModelSource(config=t / "nope.yaml", random_init=True), "config file not found"),
-        (lambda c, t: ModelSource(config=c, weights=t / "missing.safetensors"),
-         "weights file not found"),
+        (
+            lambda c, t: ModelSource(config=t / "nope.yaml", random_init=True),
+            "config file not found",
+        ),
+        (
+            lambda c, t: ModelSource(config=c, weights=t / "missing.safetensors"),
+            "weights file not found",
+        ),
         (lambda c, t: ModelSource(config=c, weights=_garbage(t)), "corrupt or unreadable"),
         (lambda c, t: ModelSource(config=c), "names no weights"),
     ],
@@ -236,9 +249,18 @@ def test_hub_failure_is_one_clear_message(tmp_path):
     """No internet: upstream's real download path fails, and we say what to do instead."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, str(REPO / "export.py"), "--language", "english",
-         "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "export.py"),
+            "--language",
+            "english",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "could not fetch the model files from the model hub" in result.stderr
@@ -248,9 +270,17 @@ def test_hub_failure_is_one_clear_message(tmp_path):
 
 def test_demo_quick_start_command(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "export.py"), "--demo", "--quantize",
-         "--output", str(tmp_path / "onnx")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "export.py"),
+            "--demo",
+            "--quantize",
+            "--output",
+            str(tmp_path / "onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "flow_lm_main" in result.stdout and "noise, not speech" in result.stdout

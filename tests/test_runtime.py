@@ -66,8 +66,11 @@ def test_end_to_end_parity_with_upstream(bundles, family, voice_audio):
     model = b.upstream()
     fp32 = PocketTTSOnnx.load(b.bundle, precision="fp32")
     int8 = PocketTTSOnnx.load(b.bundle, precision="int8")
-    runs = (("one_chunk", ONE_CHUNK, None), ("multi_chunk", MULTI_CHUNK, None),
-            ("one_chunk_no_eos", ONE_CHUNK, float("inf")))  # runs to upstream's length estimate
+    runs = (
+        ("one_chunk", ONE_CHUNK, None),
+        ("multi_chunk", MULTI_CHUNK, None),
+        ("one_chunk_no_eos", ONE_CHUNK, float("inf")),
+    )  # runs to upstream's length estimate
     for name, text, eos in runs:
         ref = _upstream_audio(model, voice_audio, text, eos=eos)
         voice = fp32.voice_from_audio((voice_audio, 24000))
@@ -75,15 +78,21 @@ def test_end_to_end_parity_with_upstream(bundles, family, voice_audio):
         assert ours.shape == ref.shape, (family, name)
         err = float(np.max(np.abs(ours - ref)))
         assert err <= 1e-3, (family, name, err)
-        quant = int8.generate(text, int8.voice_from_audio((voice_audio, 24000)),
-                              temperature=0.0, eos_threshold=eos)
+        quant = int8.generate(
+            text, int8.voice_from_audio((voice_audio, 24000)), temperature=0.0, eos_threshold=eos
+        )
         n = min(len(quant), len(ref))
         rel = float(np.linalg.norm(quant[:n] - ref[:n]) / max(np.linalg.norm(ref[:n]), 1e-12))
-        _record(f"{family}/{name}", {
-            "frames": len(ref) // fp32.manifest.samples_per_latent,
-            "fp32_max_abs_error": err, "audio_peak": float(np.max(np.abs(ref))),
-            "int8_relative_l2_error": rel, "int8_same_length": len(quant) == len(ref),
-        })
+        _record(
+            f"{family}/{name}",
+            {
+                "frames": len(ref) // fp32.manifest.samples_per_latent,
+                "fp32_max_abs_error": err,
+                "audio_peak": float(np.max(np.abs(ref))),
+                "int8_relative_l2_error": rel,
+                "int8_same_length": len(quant) == len(ref),
+            },
+        )
 
 
 def test_multi_chunk_text_really_has_several_chunks(lsd_bundle):
@@ -192,20 +201,41 @@ assert audio.size > 0 and chunks
 assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "pocket_tts")]
 print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
 
 
 def test_public_api_is_pinned():
-    assert sorted(pocket_tts_onnx.__all__) == sorted([
-        "AudioChunk", "BundleError", "ExportError", "InvalidInputError", "Manifest",
-        "ModelSourceError", "PocketTTSOnnx", "PocketTTSOnnxError", "UnsupportedVersionError",
-        "VerificationError", "Voice", "VoiceError", "__version__",
-    ])
+    assert sorted(pocket_tts_onnx.__all__) == sorted(
+        [
+            "AudioChunk",
+            "BundleError",
+            "ExportError",
+            "InvalidInputError",
+            "Manifest",
+            "ModelSourceError",
+            "PocketTTSOnnx",
+            "PocketTTSOnnxError",
+            "UnsupportedVersionError",
+            "VerificationError",
+            "Voice",
+            "VoiceError",
+            "__version__",
+        ]
+    )
     public = {n for n in dir(PocketTTSOnnx) if not n.startswith("_")}
-    assert public == {"load", "from_sessions", "sample_rate", "voice_from_audio", "load_voice",
-                      "generate", "stream", "empty_state"}
+    assert public == {
+        "load",
+        "from_sessions",
+        "sample_rate",
+        "voice_from_audio",
+        "load_voice",
+        "generate",
+        "stream",
+        "empty_state",
+    }
 
 
 def test_from_sessions(lsd_bundle):
@@ -215,8 +245,10 @@ def test_from_sessions(lsd_bundle):
     from pocket_tts_onnx.runtime.tokenizer import load_tokenizer
 
     manifest = Manifest.load(lsd_bundle.bundle)
-    sessions = {n: ort.InferenceSession(str(lsd_bundle.bundle / g.files["fp32"]))
-                for n, g in manifest.graphs.items()}
+    sessions = {
+        n: ort.InferenceSession(str(lsd_bundle.bundle / g.files["fp32"]))
+        for n, g in manifest.graphs.items()
+    }
     tokenizer = load_tokenizer(lsd_bundle.bundle / manifest.tokenizer.file, manifest.tokenizer.kind)
     tts = PocketTTSOnnx.from_sessions(manifest, sessions, tokenizer)
     loaded = PocketTTSOnnx.load(lsd_bundle.bundle, precision="fp32")
@@ -320,7 +352,7 @@ def test_ten_minute_voice_is_truncated_to_30_seconds(tts):
     rng = np.random.default_rng(0)
     long_audio = (0.1 * rng.standard_normal(10 * 60 * 24000)).astype(np.float32)
     voice = tts.voice_from_audio((long_audio, 24000))
-    frames = voice.states["state_0"].shape[2]
+    frames = voice.states["state_0"].shape[2]  # [1, H, frames, d]
     assert frames <= 30 * tts.manifest.frame_rate + 3  # prompt frames (+ BOS, + pause)
 
 
@@ -346,16 +378,47 @@ def test_cli_say_and_voice(lsd_bundle, voice_audio, tmp_path, monkeypatch, capsy
     bundle = str(lsd_bundle.bundle)
     assert cli_main(["voice", str(wav), "--bundle", bundle, "--out", str(tmp_path / "v.npz")]) == 0
     out = tmp_path / "out.wav"
-    assert cli_main(["say", "Hello from the command line.", "--bundle", bundle, "--out", str(out),
-                     "--voice", str(tmp_path / "v.npz"), "--seed", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "say",
+                "Hello from the command line.",
+                "--bundle",
+                bundle,
+                "--out",
+                str(out),
+                "--voice",
+                str(tmp_path / "v.npz"),
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "x realtime" in printed and "noise, not speech" in printed
     audio, rate = sf.read(out)
     assert rate == 24000 and audio.size > 0
     text_file = tmp_path / "t.txt"
     text_file.write_text("From a file.")
-    assert cli_main(["say", "--text-file", str(text_file), "--bundle", bundle,
-                     "--out", str(out), "--precision", "fp32", "--lsd-steps", "2"]) == 0
+    assert (
+        cli_main(
+            [
+                "say",
+                "--text-file",
+                str(text_file),
+                "--bundle",
+                bundle,
+                "--out",
+                str(out),
+                "--precision",
+                "fp32",
+                "--lsd-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     monkeypatch.setattr(sys, "stdin", _FakeStdin("From standard input."))
     assert cli_main(["say", "--bundle", bundle, "--out", str(out), "--max-frames", "4"]) == 0
     assert cli_main(["say", "   ", "--bundle", bundle, "--out", str(out)]) == 2

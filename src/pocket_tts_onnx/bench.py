@@ -1,9 +1,439 @@
-"""Benchmark harness (filled in by the speed work)."""
+"""`pocket-tts-onnx bench`: upstream PyTorch vs our engine (FP32, INT8) in one invocation.
+
+Each contender runs in its own process (fresh memory accounting, no shared thread pools),
+runs alternate between contenders, and the report gives medians and ratios vs upstream.
+Upstream is measured on its own streaming path (`generate_audio_stream`, decoder thread
+overlapping) with the same intra-op thread count. EOS is disabled so every run makes the
+same number of frames. Needs the [export] extra (torch + pocket-tts) for upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONTENDERS = ("upstream", "fp32", "int8")
+TEXT = "This is a benchmark of streaming speech synthesis on a small computer."
+SOAK_TEXT = " ".join(
+    f"Paragraph {i} goes on about the weather, the river and the garden in the morning."
+    for i in range(400)
+)
+VOICE_SECONDS = 5.0
+KV_SHORT, KV_LONG = 50, 600
+STEPS = 20
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--language", default="english")
+    src = parser.add_argument_group("model (random weights of this architecture by default)")
+    src.add_argument("--language", default="english", help="shipped config to benchmark")
+    src.add_argument("--config", type=Path, help="custom config instead of --language")
+    src.add_argument("--weights", type=Path, help="real weights for --config (upstream side)")
+    src.add_argument(
+        "--bundle", type=Path, help="existing bundle of the same model (default: export one)"
+    )
+    src.add_argument("--demo", action="store_true", help="the tiny demo model (smoke test)")
+    parser.add_argument("--frames", type=int, default=150, help="frames per run (12.5 per s)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per contender (median)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads for every contender (upstream's default is 1)",
+    )
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=10.0,
+        help="minutes of audio streamed by the INT8 engine for the RSS check (0 skips it)",
+    )
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--output", type=Path, default=Path("bench-results"))
+
+
+def _source_dict(args) -> dict:
+    return {
+        "language": None if (args.config or args.demo) else args.language,
+        "config": str(args.config) if args.config else None,
+        "weights": str(args.weights) if args.weights else None,
+        "demo": args.demo,
+    }
+
+
+def _model_source(source: dict):
+    from pocket_tts_onnx.export.loading import ModelSource
+
+    if source["weights"]:
+        return ModelSource(config=Path(source["config"]), weights=Path(source["weights"]))
+    return ModelSource(
+        language=source["language"],
+        config=Path(source["config"]) if source["config"] else None,
+        demo=source["demo"],
+        random_init=not source["demo"],
+        seed=0,
+    )
+
+
+def _voice_audio(sample_rate: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    n = int(VOICE_SECONDS * sample_rate)
+    envelope = (np.sin(np.linspace(0, 40, n)) > 0).astype(np.float32)
+    return (0.2 * rng.standard_normal(n) * envelope).astype(np.float32)
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM belongs to this address space; ru_maxrss would carry over the parent's peak
+    # through fork + exec.
+    return _status_mb("VmHWM")
+
+
+def _median_ms(times: list[float]) -> float:
+    return 1000 * statistics.median(times)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _upstream_worker(job: dict) -> dict:
+    import torch
+    from pocket_tts.modules.stateful_module import increment_steps, init_states
+
+    from pocket_tts_onnx.export.loading import load_model
+
+    torch.set_num_threads(job["threads"])
+    model = load_model(_model_source(job["source"])).model
+    model.eos_threshold = float("inf")
+    frames = job["frames"]
+    model._estimate_max_gen_len = lambda token_count: frames  # exactly `frames` per run
+    flow_lm, mimi = model.flow_lm, model.mimi
+    audio = torch.from_numpy(_voice_audio(model.sample_rate))[None]
+    with torch.no_grad():
+        start = time.perf_counter()
+        state = model.get_state_for_audio_prompt(audio)
+        voice_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        stream = model.generate_audio_stream(state, TEXT)
+        first = next(stream)
+        first_ms = 1000 * (time.perf_counter() - start)
+        samples = first.numel() + sum(c.numel() for c in stream)
+        elapsed = time.perf_counter() - start
+
+        def lm_step_ms(kv: int) -> float:
+            st = init_states(flow_lm, batch_size=1, sequence_length=kv + STEPS + 1)
+            model._run_flow_lm_and_increment_step(
+                st, audio_conditioning=torch.randn(1, kv, flow_lm.dim)
+            )
+            x = torch.full((1, 1, flow_lm.ldim), float("nan"))
+            times = []
+            for _ in range(STEPS):
+                t = time.perf_counter()
+                x, _ = model._run_flow_lm_and_increment_step(st, backbone_input_latents=x)
+                times.append(time.perf_counter() - t)
+            return _median_ms(times)
+
+        mimi_state = init_states(mimi, batch_size=1, sequence_length=STEPS * 16 + 16)
+        steps_per_latent = int(mimi.encoder_frame_rate / mimi.frame_rate)
+        times = []
+        for _ in range(STEPS):
+            latent = torch.randn(1, 1, flow_lm.ldim) * flow_lm.emb_std + flow_lm.emb_mean
+            t = time.perf_counter()
+            mimi.decode_from_latent(latent, mimi_state)
+            times.append(time.perf_counter() - t)
+            increment_steps(mimi, mimi_state, increment=steps_per_latent)
+        return {
+            "x_realtime": samples / model.sample_rate / elapsed,
+            "first_chunk_ms": first_ms,
+            "voice_encode_ms": 1000 * voice_s,
+            "lm_step_ms": lm_step_ms(KV_SHORT),
+            "lm_step_kv600_ms": lm_step_ms(KV_LONG),
+            "mimi_frame_ms": _median_ms(times),
+            "peak_rss_mb": _peak_rss_mb(),
+            "frames": samples // int(mimi.frame_size),
+        }
+
+
+def _engine_worker(job: dict) -> dict:
+    from pocket_tts_onnx import PocketTTSOnnx
+    from pocket_tts_onnx.runtime.engine import _Decoder
+
+    tts = PocketTTSOnnx.load(job["bundle"], precision=job["contender"], threads=job["threads"])
+    m = tts.manifest
+    start = time.perf_counter()
+    voice = tts.voice_from_audio((_voice_audio(tts.sample_rate), tts.sample_rate))
+    voice_s = time.perf_counter() - start
+    inf = float("inf")
+
+    start = time.perf_counter()
+    stream = tts.stream(TEXT, voice, eos_threshold=inf, max_frames=job["frames"], seed=0)
+    first = next(stream)
+    first_ms = 1000 * (time.perf_counter() - start)
+    samples = first.samples.size + sum(c.samples.size for c in stream)
+    elapsed = time.perf_counter() - start
+
+    rng = np.random.default_rng(0)
+    params = tts._params(eos_threshold=inf)
+
+    def lm_step_ms(kv: int) -> float:
+        prompt = rng.standard_normal((1, kv, m.d_model)).astype(np.float32)
+        _, _, states = tts._flow_lm(tts.empty_state(), tts._empty_sequence(), prompt)
+        x = np.full((1, 1, m.latent_dim), np.nan, dtype=np.float32)
+        no_text = np.zeros((1, 0, m.d_model), dtype=np.float32)
+        times = []
+        for _ in range(STEPS):
+            t = time.perf_counter()
+            conditioning, _, states = tts._flow_lm(states, x, no_text)
+            x = tts._sample(conditioning, params, rng)[:, None, :]
+            times.append(time.perf_counter() - t)
+        return _median_ms(times)
+
+    decoder = _Decoder(tts)
+    times = []
+    for _ in range(STEPS):
+        latent = rng.standard_normal((1, m.latent_dim)).astype(np.float32)
+        t = time.perf_counter()
+        decoder.decode([latent])
+        times.append(time.perf_counter() - t)
+    result = {
+        "x_realtime": samples / tts.sample_rate / elapsed,
+        "first_chunk_ms": first_ms,
+        "voice_encode_ms": 1000 * voice_s,
+        "lm_step_ms": lm_step_ms(KV_SHORT),
+        "lm_step_kv600_ms": lm_step_ms(KV_LONG),
+        "mimi_frame_ms": _median_ms(times),
+        "peak_rss_mb": _peak_rss_mb(),
+        "frames": samples // m.samples_per_latent,
+    }
+    if job.get("soak_minutes"):
+        result.update(_soak(tts, voice, job["soak_minutes"]))
+    return result
+
+
+def _soak(tts, voice, minutes: float) -> dict:
+    """Stream a long text (many chunks, EOS off) and read RSS after 1 and `minutes` min."""
+    marks = {60.0: None, 60.0 * minutes: None}
+    produced = 0.0
+    for chunk in tts.stream(SOAK_TEXT, voice, eos_threshold=float("inf"), seed=0):
+        produced += chunk.duration
+        for mark in marks:
+            if marks[mark] is None and produced >= mark:
+                marks[mark] = _rss_mb()
+        if produced >= max(marks):
+            break
+    first, last = marks[60.0], marks[60.0 * minutes]
+    return {
+        "rss_after_1min_mb": first,
+        f"rss_after_{minutes:g}min_mb": last,
+        "soak_audio_s": produced,
+    }
+
+
+def worker_main(job_json: str) -> None:
+    job = json.loads(job_json)
+    run = _upstream_worker if job["contender"] == "upstream" else _engine_worker
+    print("BENCH-RESULT " + json.dumps(run(job)), flush=True)
+
+
+# ---------------------------------------------------------------------- orchestrator
+
+
+def _run_worker(job: dict) -> dict:
+    cmd = [sys.executable, "-m", "pocket_tts_onnx.bench", json.dumps(job)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line.removeprefix("BENCH-RESULT "))
+    raise RuntimeError(f"{job['contender']} worker failed:\n{proc.stderr[-3000:]}")
+
+
+def _machine() -> dict:
+    flags: set[str] = set()
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"]
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "flags": [f for f in wanted if f in flags],
+        "python": platform.python_version(),
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("pocket-tts-onnx", "onnxruntime", "pocket-tts", "torch", "numpy"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def _ensure_bundle(args, source: dict, progress) -> Path:
+    if args.bundle is not None:
+        return args.bundle
+    from pocket_tts_onnx.export.pipeline import export_bundle
+    from pocket_tts_onnx.manifest import Manifest
+
+    name = "demo" if args.demo else (args.config.stem if args.config else args.language)
+    bundle = args.output / f"bundle-{name}"
+    if (bundle / "manifest.json").is_file() and "int8" in Manifest.load(bundle).graphs[
+        "flow_lm_main"
+    ].files:
+        return bundle
+    progress(f"exporting {name} (FP32 + INT8) to {bundle}")
+    export_bundle(_model_source(source), bundle, quantize=True, verify=False)
+    return bundle
+
+
+METRICS = [
+    ("x_realtime", "throughput (x realtime)", "{:.2f}"),
+    ("first_chunk_ms", "first audio chunk (ms)", "{:.0f}"),
+    ("voice_encode_ms", f"voice prompt encoding, {VOICE_SECONDS:.0f} s audio (ms)", "{:.0f}"),
+    ("lm_step_ms", f"flow-LM step incl. head, KV {KV_SHORT} (ms)", "{:.2f}"),
+    ("lm_step_kv600_ms", f"flow-LM step incl. head, KV {KV_LONG} (ms)", "{:.2f}"),
+    ("kv_growth", f"step time KV {KV_LONG} / KV {KV_SHORT}", "{:.2f}"),
+    ("mimi_frame_ms", "Mimi decode per 80 ms frame (ms)", "{:.2f}"),
+    ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"),
+]
+
+
+def _report(results: dict[str, list[dict]], meta: dict) -> tuple[str, dict]:
+    medians = {}
+    for contender, runs in results.items():
+        med = {
+            k: statistics.median(r[k] for r in runs)
+            for k in runs[0]
+            if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None
+        }
+        med["kv_growth"] = med["lm_step_kv600_ms"] / med["lm_step_ms"]
+        medians[contender] = med
+    ratios = {}
+    if "upstream" in medians:
+        up = medians["upstream"]
+        for c, med in medians.items():
+            ratios[c] = {
+                "throughput_vs_upstream": med["x_realtime"] / up["x_realtime"],
+                "first_chunk_vs_upstream": med["first_chunk_ms"] / up["first_chunk_ms"],
+                "peak_rss_vs_upstream": med["peak_rss_mb"] / up["peak_rss_mb"],
+            }
+    names = list(medians)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for key, label, fmt in METRICS:
+        cells = [fmt.format(medians[c][key]) if key in medians[c] else "-" for c in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if ratios:
+        for key, label in (
+            ("throughput_vs_upstream", "throughput vs upstream"),
+            ("first_chunk_vs_upstream", "first chunk vs upstream"),
+            ("peak_rss_vs_upstream", "peak RSS vs upstream"),
+        ):
+            lines.append(
+                f"| **{label}** | " + " | ".join(f"{ratios[c][key]:.2f}x" for c in names) + " |"
+            )
+    soak = {k: v for k, v in medians.get("int8", {}).items() if k.startswith("rss_after")}
+    text = "\n".join(lines) + "\n"
+    if soak:
+        text += (
+            "\nINT8 engine RSS while streaming: "
+            + ", ".join(
+                f"{k.removeprefix('rss_').removesuffix('_mb').replace('_', ' ')}: {v:.0f} MB"
+                for k, v in soak.items()
+            )
+            + "\n"
+        )
+    return text, {"medians": medians, "ratios": ratios, "runs": results, **meta}
 
 
 def run_bench(args) -> None:
-    raise NotImplementedError
+    from pocket_tts_onnx.errors import InvalidInputError
+
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    if not contenders or any(c not in CONTENDERS for c in contenders):
+        raise InvalidInputError(f"--contenders takes a comma list of {', '.join(CONTENDERS)}")
+    if args.frames < 1 or args.runs < 1 or args.threads < 1:
+        raise InvalidInputError("--frames, --runs and --threads must be >= 1")
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    def progress(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    source = _source_dict(args)
+    bundle = _ensure_bundle(args, source, progress)
+    results: dict[str, list[dict]] = {c: [] for c in contenders}
+    for run in range(args.runs):
+        for contender in contenders:  # alternate, so drift hits everyone alike
+            progress(f"run {run + 1}/{args.runs}: {contender}")
+            job = {
+                "contender": contender,
+                "source": source,
+                "bundle": str(bundle),
+                "frames": args.frames,
+                "threads": args.threads,
+            }
+            results[contender].append(_run_worker(job))
+    if args.soak_minutes > 0 and "int8" in contenders:
+        progress(f"soak: INT8 engine streaming {args.soak_minutes:g} min of audio")
+        job = {
+            "contender": "int8",
+            "source": source,
+            "bundle": str(bundle),
+            "frames": args.frames,
+            "threads": args.threads,
+            "soak_minutes": args.soak_minutes,
+        }
+        soak = _run_worker(job)
+        for r in results["int8"]:
+            r.update({k: v for k, v in soak.items() if k.startswith(("rss_after", "soak_"))})
+    meta = {
+        "machine": _machine(),
+        "versions": _versions(),
+        "threads": args.threads,
+        "frames": args.frames,
+        "runs": args.runs,
+        "source": source,
+        "bundle": str(bundle),
+    }
+    table, data = _report(results, meta)
+    header = (
+        f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores "
+        f"({', '.join(meta['machine']['flags'])}); intra-op threads per contender: "
+        f"{args.threads}; {args.frames} frames per run, median of {args.runs} runs.\n\n"
+    )
+    (args.output / "bench.md").write_text(header + table)
+    (args.output / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
+    print("\n" + header + table)
+    print(f"written to {args.output}/bench.md and bench.json")
+
+
+if __name__ == "__main__":
+    worker_main(sys.argv[1])

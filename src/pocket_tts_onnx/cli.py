@@ -21,11 +21,17 @@ def _export_parser(sub) -> None:
     src.add_argument("--config", type=Path, help="a custom pocket-tts YAML config")
     src.add_argument("--weights", type=Path, help="safetensors weights for --config")
     src.add_argument("--checkpoint", type=Path, help="training checkpoint (.pt) for --config")
-    src.add_argument("--random-init", action="store_true",
-                     help="seeded random weights (the architecture only; offline)")
+    src.add_argument(
+        "--random-init",
+        action="store_true",
+        help="seeded random weights (the architecture only; offline)",
+    )
     src.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
-    src.add_argument("--demo", action="store_true",
-                     help="the embedded tiny random-weight model (offline, seconds)")
+    src.add_argument(
+        "--demo",
+        action="store_true",
+        help="the embedded tiny random-weight model (offline, seconds)",
+    )
     p.add_argument("--output", type=Path, default=Path("onnx"), help="bundle directory")
     p.add_argument("--quantize", action="store_true", help="also write INT8 graphs")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
@@ -52,8 +58,11 @@ def _voice_parser(sub) -> None:
     p.add_argument("--bundle", type=Path, default=Path("onnx"))
     p.add_argument("--out", type=Path, default=Path("voice.npz"))
     p.add_argument("--precision", choices=["int8", "fp32"], default="fp32")
-    p.add_argument("--no-truncate", action="store_true",
-                   help="encode the whole prompt (default: only its first 30 s)")
+    p.add_argument(
+        "--no-truncate",
+        action="store_true",
+        help="encode the whole prompt (default: only its first 30 s)",
+    )
 
 
 def _bench_parser(sub) -> None:
@@ -89,27 +98,39 @@ def run_export(args) -> None:
     if language is None and args.config is None and not args.demo:
         language = "english"
     source = ModelSource(
-        language=language, config=args.config, weights=args.weights,
-        checkpoint=args.checkpoint, random_init=args.random_init, seed=args.seed, demo=args.demo,
+        language=language,
+        config=args.config,
+        weights=args.weights,
+        checkpoint=args.checkpoint,
+        random_init=args.random_init,
+        seed=args.seed,
+        demo=args.demo,
     )
     start = time.perf_counter()
     manifest, reports = export_bundle(
-        source, args.output, quantize=args.quantize, verify=not args.no_verify,
+        source,
+        args.output,
+        quantize=args.quantize,
+        verify=not args.no_verify,
         progress=_progress,
     )
     by_graph = {r.graph: r for r in reports}
-    print(f"\n{'graph':<18}{'fp32 MB':>9}{'int8 MB':>9}{'saved':>7}{'fp32 err':>11}"
-          f"{'tol':>7}{'int8 relL2':>12}")
+    print(
+        f"\n{'graph':<18}{'fp32 MB':>9}{'int8 MB':>9}{'saved':>7}{'fp32 err':>11}"
+        f"{'tol':>7}{'int8 relL2':>12}"
+    )
     for name, entry in manifest.graphs.items():
         fp32 = _mb(args.output / entry.files["fp32"])
         int8 = _mb(args.output / entry.files["int8"]) if "int8" in entry.files else None
         report = by_graph.get(name)
         err = f"{report.worst_fp32:.2e}" if report else "skipped"
-        l2 = (max(report.int8_rel_l2.values()) if report and report.int8_rel_l2 else None)
-        print(f"{name:<18}{fp32:>9.1f}"
-              + (f"{int8:>9.1f}{1 - int8 / fp32:>7.0%}" if int8 is not None else f"{'-':>9}{'-':>7}")
-              + f"{err:>11}{entry.spec.tolerance:>7.0e}"
-              + (f"{l2:>12.2e}" if l2 is not None else f"{'-':>12}"))
+        l2 = max(report.int8_rel_l2.values()) if report and report.int8_rel_l2 else None
+        print(
+            f"{name:<18}{fp32:>9.1f}"
+            + (f"{int8:>9.1f}{1 - int8 / fp32:>7.0%}" if int8 is not None else f"{'-':>9}{'-':>7}")
+            + f"{err:>11}{entry.spec.tolerance:>7.0e}"
+            + (f"{l2:>12.2e}" if l2 is not None else f"{'-':>12}")
+        )
     print(f"\nbundle written to {args.output} in {time.perf_counter() - start:.1f} s")
     if manifest.random_weights:
         print("NOTE: random weights - this bundle produces noise, not speech.")
@@ -144,7 +165,11 @@ def run_say(args) -> None:
     first = None
     pieces = []
     for chunk in tts.stream(
-        text, voice, temperature=args.temperature, lsd_steps=args.lsd_steps, seed=args.seed,
+        text,
+        voice,
+        temperature=args.temperature,
+        lsd_steps=args.lsd_steps,
+        seed=args.seed,
         max_frames=args.max_frames,
     ):
         first = first if first is not None else time.perf_counter() - start
@@ -155,8 +180,10 @@ def run_say(args) -> None:
     audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     write_wav(args.out, audio, tts.sample_rate)
     duration = audio.shape[0] / tts.sample_rate
-    print(f"wrote {args.out}: {duration:.2f} s of audio in {elapsed:.2f} s "
-          f"({duration / elapsed:.1f}x realtime, first audio after {1000 * (first or 0):.0f} ms)")
+    print(
+        f"wrote {args.out}: {duration:.2f} s of audio in {elapsed:.2f} s "
+        f"({duration / elapsed:.1f}x realtime, first audio after {1000 * (first or 0):.0f} ms)"
+    )
     if tts.manifest.random_weights:
         print("NOTE: random-weight bundle - the audio is noise, not speech.")
 

@@ -23,7 +23,8 @@ class ExportError(PocketTTSOnnxError):
 
 
 class ModelSourceError(ExportError):
-    """The upstream model could not be loaded (unknown language, weights missing/corrupt/mismatched)."""
+    """The upstream model could not be loaded: unknown language, or weights that are missing,
+    corrupt or do not match the config."""
 
 
 class UnsupportedVersionError(ExportError):

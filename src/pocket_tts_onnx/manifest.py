@@ -53,8 +53,9 @@ class GraphEntry:
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> GraphEntry:
-        return cls(spec=GraphSpec.from_dict(name, d), files=dict(d["files"]),
-                   sha256=dict(d["sha256"]))
+        return cls(
+            spec=GraphSpec.from_dict(name, d), files=dict(d["files"]), sha256=dict(d["sha256"])
+        )
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,15 @@ class Manifest:
         except BundleError:
             raise
         except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"manifest is incomplete or malformed ({type(e).__name__}: {e})") from e
+            raise BundleError(
+                f"manifest is incomplete or malformed ({type(e).__name__}: {e})"
+            ) from e
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / MANIFEST_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
+        path.write_text(
+            json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         return path
 
     @classmethod
@@ -157,8 +161,10 @@ class Manifest:
         if not directory.is_dir():
             raise BundleError(f"bundle directory not found: {directory}")
         if not path.is_file():
-            raise BundleError(f"{path} is missing: {directory} is not a pocket-tts-onnx bundle "
-                              "(export one with `pocket-tts-onnx export`)")
+            raise BundleError(
+                f"{path} is missing: {directory} is not a pocket-tts-onnx bundle "
+                "(export one with `pocket-tts-onnx export`)"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -39,7 +39,11 @@ class TensorSpec:
 @dataclass(frozen=True)
 class StateSpec:
     """A streaming state: graph input `name`, output `out_<name>`, initial value all zeros
-    (with every dynamic axis at 0), and where it lives in upstream's model_state."""
+    (with every dynamic axis at 0), and where it lives in upstream's model_state.
+
+    `upstream_key` "cache.k" / "cache.v" are the two halves of upstream's "cache"
+    [2, B, T, H, d], stored head-major as [B, H, T, d]; "offset" of a transformer is the
+    position counter shared by all its attention layers."""
 
     name: str
     upstream_module: str
@@ -141,8 +145,11 @@ def build_graph_specs(
         ),
         GraphSpec(
             "flow_lm_flow",
-            [TensorSpec("c", f32, ["batch", head_dim]), *times,
-             TensorSpec("x", f32, ["batch", latent_dim])],
+            [
+                TensorSpec("c", f32, ["batch", head_dim]),
+                *times,
+                TensorSpec("x", f32, ["batch", latent_dim]),
+            ],
             [TensorSpec("flow_dir", f32, ["batch", latent_dim])],
         ),
         GraphSpec(

@@ -63,7 +63,9 @@ def example_inputs(spec: GraphSpec, model: torch.nn.Module) -> tuple[torch.Tenso
     return tuple(tensors)
 
 
-def graph_modules(model: torch.nn.Module, specs: dict[str, GraphSpec]) -> dict[str, torch.nn.Module]:
+def graph_modules(
+    model: torch.nn.Module, specs: dict[str, GraphSpec]
+) -> dict[str, torch.nn.Module]:
     return {
         "text_conditioner": TextConditionerGraph(model.flow_lm),
         "mimi_encoder": MimiEncoderGraph(model),
@@ -106,7 +108,8 @@ def _inline_initializer_identities(path: Path) -> None:
     alias = {
         n.output[0]: n.input[0]
         for n in graph.node
-        if n.op_type == "Identity" and n.input[0] in initializers
+        if n.op_type == "Identity"
+        and n.input[0] in initializers
         and n.output[0] not in graph_outputs
     }
     if not alias:

@@ -35,18 +35,19 @@ def _attention_modules(root: nn.Module, prefix: str = "") -> list[tuple[str, nn.
 
 
 def flow_lm_state_specs(flow_lm: nn.Module) -> list[StateSpec]:
-    """One KV cache per layer; the position is the cache length, so no counter is needed."""
+    """Keys and values per layer; the position is the cache length, so no counter is needed."""
     specs = []
     for name, attn in _attention_modules(flow_lm):
-        specs.append(
-            StateSpec(
-                name=f"state_{len(specs)}",
-                upstream_module=f"flow_lm.{name}",
-                upstream_key="cache",
-                dtype="float32",
-                shape=[2, 1, "kv_len", attn.num_kv_heads, attn.dim_per_head],
+        for part in ("k", "v"):
+            specs.append(
+                StateSpec(
+                    name=f"state_{len(specs)}",
+                    upstream_module=f"flow_lm.{name}",
+                    upstream_key=f"cache.{part}",
+                    dtype="float32",
+                    shape=[1, attn.num_kv_heads, "kv_len", attn.dim_per_head],
+                )
             )
-        )
     return specs
 
 
@@ -77,7 +78,8 @@ def mimi_decoder_state_specs(mimi: nn.Module) -> list[StateSpec]:
             add(name, "offset", [1], "int64")
         elif hasattr(module, "num_kv_heads") and hasattr(module, "in_proj"):
             window = f"window_{len(specs)}"
-            add(name, "cache", [2, 1, window, module.num_kv_heads, module.dim_per_head])
+            for part in ("k", "v"):
+                add(name, f"cache.{part}", [1, module.num_kv_heads, window, module.dim_per_head])
         elif isinstance(module, StreamingConv1d):
             pad = module._effective_kernel_size - module._stride
             if pad:
@@ -102,11 +104,11 @@ def _build_model_state(
     every attention layer of that transformer."""
     model_state: dict[str, dict[str, torch.Tensor]] = {}
     offsets = {}
-    for spec, tensor in zip(specs, states):
+    for spec, tensor in zip(specs, states, strict=True):
         if spec.upstream_key == "offset":
             offsets[_relative(spec)] = tensor
         else:
-            model_state.setdefault(_relative(spec), {})[spec.upstream_key] = tensor
+            model_state.setdefault(_relative(spec), {})[_patched_key(spec)] = tensor
     for transformer_name, offset in offsets.items():
         for name, _ in _attention_modules(root, transformer_name + "."):
             model_state.setdefault(name, {})["offset"] = offset
@@ -122,8 +124,13 @@ def _collect_states(
             first_layer = _attention_modules(root, _relative(spec) + ".")[0][0]
             out.append(model_state[first_layer]["offset"])
         else:
-            out.append(model_state[_relative(spec)][spec.upstream_key])
+            out.append(model_state[_relative(spec)][_patched_key(spec)])
     return out
+
+
+def _patched_key(spec: StateSpec) -> str:
+    """Upstream key -> key of the patched modules' state ("cache.k" is held as "k")."""
+    return spec.upstream_key.removeprefix("cache.")
 
 
 class TextConditionerGraph(nn.Module):
@@ -152,7 +159,9 @@ class MimiEncoderGraph(nn.Module):
         emb = self.mimi.encoder(audio, model_state=None)
         (emb,) = self.mimi.encoder_transformer(emb, model_state=None)
         emb = self.mimi._to_framerate(emb)
-        latents = torch.nn.functional.linear(emb.transpose(-1, -2), self.flow_lm.speaker_proj_weight)
+        latents = torch.nn.functional.linear(
+            emb.transpose(-1, -2), self.flow_lm.speaker_proj_weight
+        )
         if self.flow_lm.insert_bos_before_voice:
             latents = torch.cat([self.flow_lm.bos_before_voice, latents], dim=1)
         return latents

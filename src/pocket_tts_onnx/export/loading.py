@@ -249,8 +249,10 @@ def load_model(source: ModelSource) -> LoadedModel:
 def _tokenizer_kind(lookup: dict) -> str:
     kind = str(lookup.get("tokenizer", "sentencepiece"))
     path = str(lookup["tokenizer_path"]).split("@")[0]
-    return "tokenizers" if kind in ("tokenizers", "json") or path.endswith(".json") else (
-        "sentencepiece"
+    return (
+        "tokenizers"
+        if kind in ("tokenizers", "json") or path.endswith(".json")
+        else ("sentencepiece")
     )
 
 

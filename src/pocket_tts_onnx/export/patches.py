@@ -7,9 +7,10 @@ module reads its state from the dict and *replaces* the dict entry with a new te
 graph wrappers (graphs.py) put graph inputs into the dict and read graph outputs back out.
 
 State layout seen by the patched modules, keyed by the module's absolute name:
-- attention: {"cache": [2, B, P, H_kv, d]} and optionally {"offset": int64 [1]} (absolute
-  position of the next token; without it the position is P, the cache length). A module with
-  a finite `context` keeps only the last `context - 1` keys, so its state stays bounded.
+- attention: {"k": [B, H_kv, P, d], "v": [B, H_kv, P, d]} (upstream's "cache" [2, B, P, H_kv, d]
+  split and made head-major) and optionally {"offset": int64 [1]} (absolute position of the
+  next token; without it the position is P, the cache length). A module with a finite
+  `context` keeps only the last `context - 1` keys, so its state stays bounded.
 - conv: {"previous": [B, C, K_eff - stride]} plus, for replicate padding, {"started": [B]}
   (0.0 before the first call, so an all-zeros initial state is the right one).
 - transposed conv: {"partial": [B, C_out, K - stride]}.
@@ -22,7 +23,6 @@ from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
-import torch.nn.functional as F
 
 from pocket_tts_onnx.errors import UnsupportedVersionError
 
@@ -65,6 +65,9 @@ def _module_state(module: torch.nn.Module, model_state: dict | None) -> dict | N
 
 
 def _attention_forward(self, query, model_state, attn_mask=None):
+    """Attention over [past; new] keys. Keys and values are stored head-major as two states
+    ([B, H_kv, P, d]) so the step reads them without transposes or splits; the scale is
+    applied to the queries and GQA groups queries per key head instead of repeating keys."""
     state = _module_state(self, model_state)
     b, t, _ = query.shape
     d = self.dim_per_head
@@ -74,38 +77,35 @@ def _attention_forward(self, query, model_state, attn_mask=None):
     k, v = kv.unbind(2)
 
     if state is None:
-        past = None
         past_len = 0
         offset = torch.zeros((), dtype=torch.long)
     else:
-        past = state["cache"]
-        past_len = past.shape[2]
+        past_len = state["k"].shape[2]
         offset = state["offset"].reshape(()) if "offset" in state else past_len
     q, k = self.rope(q, k, offset=offset)
-
-    new_kv = torch.stack([k, v], dim=0)  # [2, B, t, H_kv, d]
-    kv_all = new_kv if past is None else torch.cat([past, new_kv], dim=2)
+    k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, H_kv, t, d]
     if state is not None:
-        state["cache"] = kv_all if self.context is None else kv_all[:, :, -(self.context - 1) :]
+        k = torch.cat([state["k"], k], dim=2)
+        v = torch.cat([state["v"], v], dim=2)
+        keep = slice(None) if self.context is None else slice(-(self.context - 1), None)
+        state["k"], state["v"] = k[:, :, keep], v[:, :, keep]
         if "offset" in state:
             state["offset"] = state["offset"] + t
 
     # Absolute positions: queries start at `offset`, keys at `offset - past_len`.
     pos_q = offset + torch.arange(t, dtype=torch.long)
-    pos_k = (offset - past_len) + torch.arange(kv_all.shape[2], dtype=torch.long)
+    pos_k = (offset - past_len) + torch.arange(k.shape[2], dtype=torch.long)
     delta = pos_q[:, None] - pos_k[None, :]
     mask = delta >= 0
     if self.context is not None:
         mask = mask & (delta < self.context)
 
-    k_attn = kv_all[0].transpose(1, 2)
-    v_attn = kv_all[1].transpose(1, 2)
-    if self.num_kv_heads != self.num_heads:
-        rep = self.num_heads // self.num_kv_heads
-        k_attn = k_attn.repeat_interleave(rep, dim=1)
-        v_attn = v_attn.repeat_interleave(rep, dim=1)
-    x = F.scaled_dot_product_attention(q.transpose(1, 2), k_attn, v_attn, mask[None, None])
-    x = x.transpose(1, 2).reshape(b, t, self.num_heads * d)
+    group = self.num_heads // self.num_kv_heads
+    q = (q * d**-0.5).transpose(1, 2).reshape(b, self.num_kv_heads, group * t, d)
+    scores = torch.matmul(q, k.transpose(-1, -2))  # [B, H_kv, group * t, P + t]
+    scores = scores.masked_fill(~mask.repeat(group, 1), float("-inf"))
+    x = torch.matmul(torch.softmax(scores, dim=-1), v)
+    x = x.reshape(b, self.num_heads, t, d).transpose(1, 2).reshape(b, t, self.num_heads * d)
     return self.out_proj(x)
 
 

@@ -50,8 +50,8 @@ def _prepare_output(output: Path) -> None:
         )
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=output.parent, prefix=".write-test-")
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".write-test-"):
+            pass
     except OSError as e:
         raise ExportError(f"cannot write to {output.parent} (--output): {e.strerror or e}") from e
 
@@ -104,8 +104,14 @@ def _text_rules(model) -> TextRules:
     )
 
 
-def _build_manifest(loaded: LoadedModel, specs, staging: Path, random_weights: bool,
-                    pocket_tts_version: str, tokenizer_file: str) -> Manifest:
+def _build_manifest(
+    loaded: LoadedModel,
+    specs,
+    staging: Path,
+    random_weights: bool,
+    pocket_tts_version: str,
+    tokenizer_file: str,
+) -> Manifest:
     model = loaded.model
     mimi = model.mimi
     graphs = {}
@@ -167,8 +173,8 @@ def export_bundle(
             for name, path in paths.items():
                 progress(f"quantizing {name} (INT8, MatMul)")
                 int8[name] = quantize_graph(path)
-        tokenizer_file = "tokenizer.json" if loaded.tokenizer_kind == "tokenizers" else (
-            "tokenizer.model"
+        tokenizer_file = (
+            "tokenizer.json" if loaded.tokenizer_kind == "tokenizers" else ("tokenizer.model")
         )
         shutil.copyfile(loaded.tokenizer_path, staging / tokenizer_file)
         reports = []

@@ -86,10 +86,14 @@ def _flow_lm_main_cases(model) -> Iterator[list[Step]]:
     text = torch.randn(1, 6, flow_lm.dim, generator=gen)
     empty_seq = torch.empty(1, 0, flow_lm.ldim)
     empty_text = torch.empty(1, 0, flow_lm.dim)
-    calls = [(empty_seq, voice), (empty_seq, text), (torch.full((1, 1, flow_lm.ldim), np.nan),
-                                                     empty_text)]
-    calls += [(torch.randn(1, 1, flow_lm.ldim, generator=gen), empty_text)
-              for _ in range(STREAM_STEPS)]
+    calls = [
+        (empty_seq, voice),
+        (empty_seq, text),
+        (torch.full((1, 1, flow_lm.ldim), np.nan), empty_text),
+    ]
+    calls += [
+        (torch.randn(1, 1, flow_lm.ldim, generator=gen), empty_text) for _ in range(STREAM_STEPS)
+    ]
     state = init_states(flow_lm, batch_size=1, sequence_length=64 + STREAM_STEPS)
     steps = []
     for seq, emb in calls:
@@ -111,7 +115,8 @@ def _state_refs(model, state) -> dict[str, np.ndarray]:
     for spec in flow_lm_state_specs(model.flow_lm):
         module_state = state[spec.upstream_module.split(".", 1)[1]]
         filled = int(module_state["offset"].view(-1)[0])
-        refs[spec.output_name] = _np(module_state["cache"][:, :, :filled])
+        part = 0 if spec.upstream_key == "cache.k" else 1
+        refs[spec.output_name] = _np(module_state["cache"][part, :, :filled].transpose(1, 2))
     return refs
 
 
@@ -165,7 +170,7 @@ def run_stream(session: ort.InferenceSession, spec: GraphSpec, steps: list[Step]
     results = []
     for inputs, _ in steps:
         values = session.run(output_names, {**inputs, **states})
-        out = dict(zip(output_names, values))
+        out = dict(zip(output_names, values, strict=True))
         states = {s.name: out[s.output_name] for s in spec.states}
         results.append(out)
     return results
@@ -188,13 +193,16 @@ def verify_graph(
     for steps in cases:
         outs = run_stream(session, spec, steps)
         fp32_outputs.append(outs)
-        for (_, refs), out in zip(steps, outs):
+        for (_, refs), out in zip(steps, outs, strict=True):
             n_steps += 1
             for name, ref in refs.items():
                 got = out[name]
                 if got.shape != ref.shape:
                     raise VerificationError(
-                        spec.name, name, float("inf"), spec.tolerance,
+                        spec.name,
+                        name,
+                        float("inf"),
+                        spec.tolerance,
                         f"shape {got.shape} != upstream {ref.shape}",
                     )
                 err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
@@ -215,13 +223,18 @@ def verify_graph(
 def _int8_error(spec, cases, fp32_outputs, session) -> dict[str, float]:
     num: dict[str, float] = {}
     den: dict[str, float] = {}
-    for steps, ref_outs in zip(cases, fp32_outputs):
-        for out, ref in zip(run_stream(session, spec, steps), ref_outs):
+    for steps, ref_outs in zip(cases, fp32_outputs, strict=True):
+        for out, ref in zip(run_stream(session, spec, steps), ref_outs, strict=True):
             for t in spec.outputs:
                 a, b = out[t.name].astype(np.float64), ref[t.name].astype(np.float64)
                 if not np.all(np.isfinite(a)):
-                    raise VerificationError(spec.name, t.name, float("nan"), spec.tolerance,
-                                            "INT8 graph produced NaN/Inf")
+                    raise VerificationError(
+                        spec.name,
+                        t.name,
+                        float("nan"),
+                        spec.tolerance,
+                        "INT8 graph produced NaN/Inf",
+                    )
                 num[t.name] = num.get(t.name, 0.0) + float(np.sum((a - b) ** 2))
                 den[t.name] = den.get(t.name, 0.0) + float(np.sum(b**2))
     return {k: (num[k] / den[k]) ** 0.5 if den[k] > 0 else 0.0 for k in num}

@@ -241,17 +241,19 @@ class PocketTTSOnnx:
         return Voice(_readonly(states), model_id)
 
     def _states_from_upstream(self, modules: dict, path: Path) -> dict[str, np.ndarray]:
+        """Upstream keeps one "cache" [2, B, T, H, d] per layer; ours are "cache.k"/"cache.v"
+        halves, head-major ([B, H, T, d]) and cut to the filled length."""
         states = {}
         for spec in self._specs["flow_lm_main"].states:
             module = spec.upstream_module.split(".", 1)[1]
             entry = modules.get(module)
-            if entry is None or spec.upstream_key not in entry:
-                raise VoiceError(
-                    f"{path} has no {module}/{spec.upstream_key}: it is not a voice for this model"
-                )
-            filled = int(np.asarray(entry.get("offset", [entry["cache"].shape[2]])).reshape(-1)[0])
+            if entry is None or "cache" not in entry:
+                raise VoiceError(f"{path} has no {module}/cache: it is not a voice for this model")
+            cache = entry["cache"]
+            filled = int(np.asarray(entry.get("offset", [cache.shape[2]])).reshape(-1)[0])
+            part = 0 if spec.upstream_key == "cache.k" else 1
             states[spec.name] = np.ascontiguousarray(
-                entry[spec.upstream_key][:, :, :filled], dtype=np.float32
+                cache[part, :, :filled].transpose(0, 2, 1, 3), dtype=np.float32
             )
         return states
 
@@ -261,7 +263,7 @@ class PocketTTSOnnx:
                 raise VoiceError(f"{path} lacks state {spec.name!r}: not a voice for this model")
             got = states[spec.name]
             ok = got.ndim == len(spec.shape) and all(
-                isinstance(d, str) or d == g for d, g in zip(spec.shape, got.shape)
+                isinstance(d, str) or d == g for d, g in zip(spec.shape, got.shape, strict=True)
             )
             if not ok or got.dtype != np.dtype(spec.dtype):
                 raise VoiceError(
@@ -311,8 +313,12 @@ class PocketTTSOnnx:
         decoded for the first audio chunk, later chunks take whatever is ready. Closing the
         generator stops the worker."""
         p = self._params(
-            temperature=temperature, lsd_steps=lsd_steps, eos_threshold=eos_threshold,
-            frames_after_eos=frames_after_eos, noise_clamp=noise_clamp, seed=seed,
+            temperature=temperature,
+            lsd_steps=lsd_steps,
+            eos_threshold=eos_threshold,
+            frames_after_eos=frames_after_eos,
+            noise_clamp=noise_clamp,
+            seed=seed,
             max_frames=max_frames,
         )
         if not isinstance(first_chunk_frames, int) or first_chunk_frames < 1:
@@ -389,7 +395,9 @@ class PocketTTSOnnx:
         after = d.frames_after_eos if frames_after_eos is None else frames_after_eos
         clamp = d.noise_clamp if noise_clamp is None else noise_clamp
         if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
-            raise InvalidInputError(f"temperature must be a finite number >= 0, got {temperature!r}")
+            raise InvalidInputError(
+                f"temperature must be a finite number >= 0, got {temperature!r}"
+            )
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise InvalidInputError(f"lsd_steps must be an integer >= 1, got {steps!r}")
         if not _is_number(eos) or math.isnan(eos):
@@ -428,8 +436,10 @@ class PocketTTSOnnx:
         if after is None:
             after = chunk.frames_after_eos_guess + d.frames_after_eos_guess_offset
         max_len = p.max_frames or estimate_max_frames(
-            len(chunk.token_ids), self.manifest.frame_rate,
-            d.max_length_tokens_per_second, d.max_length_padding_seconds,
+            len(chunk.token_ids),
+            self.manifest.frame_rate,
+            d.max_length_tokens_per_second,
+            d.max_length_padding_seconds,
         )
         ids = np.asarray(chunk.token_ids, dtype=np.int64)[None, :]
         (emb,) = self._sessions["text_conditioner"].run(["embeddings"], {"token_ids": ids})
@@ -441,8 +451,10 @@ class PocketTTSOnnx:
             if stop.is_set():
                 return
             conditioning, eos_logit, states = self._flow_lm(states, sequence, no_text)
-            if eos_logit.item() > p.eos_threshold and eos_step is None and (
-                step >= d.min_frames_before_eos
+            if (
+                eos_logit.item() > p.eos_threshold
+                and eos_step is None
+                and (step >= d.min_frames_before_eos)
             ):
                 eos_step = step
             if eos_step is not None and step >= eos_step + after:
@@ -454,7 +466,7 @@ class PocketTTSOnnx:
     def _flow_lm(self, states, sequence, text_embeddings):
         feeds = {"sequence": sequence, "text_embeddings": text_embeddings, **states}
         values = self._sessions["flow_lm_main"].run(self._main_outputs, feeds)
-        out = dict(zip(self._main_outputs, values))
+        out = dict(zip(self._main_outputs, values, strict=True))
         new_states = {s.name: out[s.output_name] for s in self._specs["flow_lm_main"].states}
         return out["conditioning"], out["eos_logit"], new_states
 
@@ -515,7 +527,7 @@ class _Decoder:
     def decode(self, latents: list[np.ndarray]) -> np.ndarray:
         batch = np.stack(latents, axis=1)  # [1, F, L]
         values = self._session.run(self._outputs, {"latent": batch, **self._states})
-        out = dict(zip(self._outputs, values))
+        out = dict(zip(self._outputs, values, strict=True))
         self._states = {s.name: out[s.output_name] for s in self._spec.states}
         audio = out["audio_frame"][0, 0]
         if self._first:

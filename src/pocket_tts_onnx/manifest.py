@@ -5,6 +5,7 @@ Schema-versioned. A runtime refuses a manifest from a newer schema instead of gu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,15 @@ from pocket_tts_onnx.text import TextRules
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "int8")
+
+
+def file_sha256(path: Path) -> str:
+    """Digest recorded for every bundle file; the runtime checks it before loading."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

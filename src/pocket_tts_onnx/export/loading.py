@@ -9,7 +9,6 @@ same vocabulary size.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import yaml
 
 from pocket_tts_onnx.errors import ModelSourceError
 from pocket_tts_onnx.export.standin_tokenizer import train_standin_tokenizer
+from pocket_tts_onnx.manifest import file_sha256
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_CONFIG = DEMO_DIR / "demo.yaml"
@@ -56,14 +56,6 @@ def available_languages() -> list[str]:
     from pocket_tts.utils.config import CONFIGS_DIR
 
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _source_options() -> str:
@@ -197,11 +189,11 @@ def load_model(source: ModelSource) -> LoadedModel:
             holder.pop("weights_path", None)
         data.pop("weights_path_without_voice_cloning", None)
         data["weights_path"] = str(Path(source.weights).resolve())
-        source_entry = {"config": config_name, "weights_sha256": _sha256(Path(source.weights))}
+        source_entry = {"config": config_name, "weights_sha256": file_sha256(Path(source.weights))}
     elif source.checkpoint is not None:
         source_entry = {
             "config": config_name,
-            "checkpoint_sha256": _sha256(Path(source.checkpoint)),
+            "checkpoint_sha256": file_sha256(Path(source.checkpoint)),
         }
     else:
         source_entry = {"config": config_name, "weights": str(data.get("weights_path"))}
@@ -228,7 +220,7 @@ def load_model(source: ModelSource) -> LoadedModel:
     if source.weights is None and not random_init and source.checkpoint is None:
         weights = _weights_file_of(data)
         if weights is not None:
-            source_entry["weights_sha256"] = _sha256(weights)
+            source_entry["weights_sha256"] = file_sha256(weights)
     tok_path = Path(lookup["tokenizer_path"])
     if not tok_path.exists():
         from pocket_tts.utils.utils import download_if_necessary

@@ -7,7 +7,6 @@ one behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -22,7 +21,14 @@ from pocket_tts_onnx.export.loading import LoadedModel, ModelSource, load_model
 from pocket_tts_onnx.export.patches import check_pocket_tts_version
 from pocket_tts_onnx.export.quantize import quantize_graph
 from pocket_tts_onnx.export.verify import GraphReport, reference_cases, verify_graph
-from pocket_tts_onnx.manifest import MANIFEST_NAME, Defaults, GraphEntry, Manifest, TokenizerInfo
+from pocket_tts_onnx.manifest import (
+    MANIFEST_NAME,
+    Defaults,
+    GraphEntry,
+    Manifest,
+    TokenizerInfo,
+    file_sha256,
+)
 from pocket_tts_onnx.text import TextRules
 
 REPORT_NAME = "verify_report.json"
@@ -30,14 +36,6 @@ RANDOM_WEIGHTS_NOTE = (
     "RANDOM WEIGHTS: this bundle has the real architecture with seeded random weights. "
     "It produces noise, not speech; use it for testing and benchmarking only."
 )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _prepare_output(output: Path) -> None:
@@ -120,7 +118,7 @@ def _build_manifest(
         if (staging / f"{name}_int8.onnx").exists():
             files["int8"] = f"{name}_int8.onnx"
         graphs[name] = GraphEntry(
-            spec=spec, files=files, sha256={f: _sha256(staging / f) for f in files.values()}
+            spec=spec, files=files, sha256={f: file_sha256(staging / f) for f in files.values()}
         )
     return Manifest(
         pocket_tts_version=pocket_tts_version,

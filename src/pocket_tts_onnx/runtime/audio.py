@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from pocket_tts_onnx.errors import InvalidInputError, VoiceError
 
@@ -128,6 +127,10 @@ def prepare_voice_audio(
 
     if src_rate != dst_rate:
         g = math.gcd(src_rate, dst_rate)
+        # Imported here: scipy.signal adds ~75 MB of resident memory, and most prompts need
+        # no resampling.
+        from scipy.signal import resample_poly
+
         mono = resample_poly(mono, dst_rate // g, src_rate // g).astype(np.float32, copy=False)
 
     if not mono.any():

@@ -1,0 +1,462 @@
+"""The browser runtime (web/) must give what the Python engine gives.
+
+Token ids are compared in Node on a corpus, for every tokenizer family a bundle can hold.
+The demo page is then driven in headless Chromium (web/tests/e2e.mjs): its samples at
+temperature 0 are compared with `PocketTTSOnnx.generate` for plain text, a multi-chunk
+text, voices cloned from uploaded WAV files and a voice .npz written by the CLI; errors must
+be readable on the page, and screenshots land in test-output/web/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "web"
+OUTPUT = ROOT / "test-output" / "web"
+CHROMIUM = Path("/usr/bin/chromium")
+NODE = shutil.which("node")
+
+pytestmark = pytest.mark.skipif(
+    NODE is None or not (WEB / "node_modules").is_dir(),
+    reason="web/node_modules is missing: run `npm ci --prefix web` (needs Node 20+)",
+)
+needs_browser = pytest.mark.skipif(
+    not CHROMIUM.is_file(), reason="/usr/bin/chromium is missing: apt-get install chromium"
+)
+
+TEXT = "Hello there, this is a test. It has two sentences."
+# More than one text chunk (50 tokens each) for the demo tokenizer.
+LONG_TEXT = " ".join(
+    f"Sentence number {i} tells a short story about the {w} fox."
+    for i, w in enumerate(["quick", "lazy", "brown", "red", "small", "old"])
+)
+TOLERANCE = 1e-3
+
+
+def _node(script: str, *args: str, timeout: float) -> dict | list:
+    proc = subprocess.run(
+        [NODE, str(WEB / "tests" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=WEB,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)
+
+
+# ------------------------------------------------------------------------------ token ids
+
+_CORPUS = [
+    "Hello world.",
+    "hello world",
+    "Hi",
+    "one two three four five",
+    "Why?! Really?! No way!!!",
+    "Wait... what… okay……",
+    "Well, then,",
+    "Well, then —",
+    "He said: ",
+    '"Hi?", she said.',
+    "“Hi?”, she said.",
+    "‘Hi!’; she said",
+    "«Bonjour», dit-il",
+    "He left (quietly,)",
+    "It costs 3.5 euros. Then 4.25 more. And 10.0!",
+    "Version 1.2.3 is out. Get it now.",
+    "I have 3. 5 apples are red.",
+    "Call 555-1234 now. Or 0.5 later.",
+    "1. First item. 2. Second item. 3. Third item.",
+    "Superscript x² is 4. Circled ① first.",
+    "Arabic-Indic ٣.٥ and Devanagari ३.५ digits.",
+    "It's a dog's life; isn't it? Yes; it is.",
+    "first; second; third; fourth; fifth; sixth.",
+    "Line one.\nLine two.\r\nLine three.",
+    "Lots   of    spaces   here.",
+    "Tabs\tand\ttabs.\x0bvertical\x0cfeed",
+    "File\x1cseparators\x1dand\x1eunits\x1fhere.",
+    "Next\x85line and no\u00a0break and thin\u2009space and ideographic\u3000space.",
+    "Line\u2028separator\u2029paragraph.",
+    "Zero\u200bwidth and BOM\ufeffhere.",
+    "   leading and trailing   ",
+    "Café au lait, s'il vous plaît.",
+    "Über straße Ärger Öl.",
+    "ßtraße beginnt klein.",
+    "ǆemal and ǅ and Ǆ titlecase.",
+    "ñandú año señor. ¿Qué? ¡Sí!",
+    "Ｆｕｌｌ－ｗｉｄｔｈ ＡＢＣ and ﬁne ligatures.",
+    "Combining e\u0301 and precomposed é.",
+    "Ⅻ roman numeral and ⅻ small.",
+    "Greek Σίσυφος and Cyrillic Привет мир.",
+    "日本語のテキスト。中文句子！",
+    "עברית ועוד מילים. العربية هنا.",
+    "Emoji 🙂 and 👍🏽 and 🇫🇷 flags.",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math letters.",
+    "Math: 2 + 2 = 4, 3 * 3 = 9.",
+    "Email me at someone@example.com. Thanks!",
+    "URL https://example.com/path?x=1. Done.",
+    "ALL CAPS SENTENCE HERE.",
+    "a;b;c",
+    "Dashes - and – and — everywhere",
+    "Quote at end: “done.”",
+    "Brackets (a [b] c) end",
+    "Hmm... okay... fine...",
+    "x" * 300,
+    " ".join(["word"] * 80) + ".",
+    "Short one. " + ", ".join(f"clause {i}" for i in range(40)) + ". End.",
+    LONG_TEXT,
+    "",
+    "   \n\t  ",
+    "\x00\x01\x02",
+]
+
+
+def _training_lines() -> list[str]:
+    rng = random.Random(0)
+    words = [
+        *("the", "a", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "hello"),
+        *("world", "it's", "don't", "café", "naïve", "über", "straße", "señor", "élève"),
+        *("año", "one", "two", "three", "sentence", "story", "number"),
+    ]
+    syllables = ["ka", "ri", "to", "mu", "sen", "la", "ve", "do", "pri", "an", "el", "or"]
+    syllables += ["stra", "qu", "ix", "bé", "ü", "ñ", "ç", "é"]
+    words += ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(300)]
+    lines = []
+    for _ in range(2000):
+        ws = [rng.choice(words) for _ in range(rng.randint(3, 12))]
+        lines.append(
+            " ".join(ws).capitalize()
+            + rng.choice([".", "!", "?", "...", ",", ";", ":", "…"])
+            + f" {rng.randint(0, 99)}.{rng.randint(0, 9)} {rng.choice(words)}."
+        )
+    return lines
+
+
+@pytest.fixture(scope="session")
+def tokenizer_cases(tmp_path_factory) -> list[tuple[str, str, str]]:
+    """(label, kind, path): the demo model plus one tokenizer of every other family."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from pocket_tts_onnx.export.loading import DEMO_DIR
+
+    root = tmp_path_factory.mktemp("web-tokenizers")
+    lines = _training_lines()
+    cases = [("demo", "sentencepiece", str(DEMO_DIR / "tokenizer.model"))]
+    for label, extra in {
+        "spm_bytes": {"vocab_size": 400, "byte_fallback": True},
+        "spm_symbols": {"vocab_size": 300, "user_defined_symbols": ["...", ".", "!", "?"]},
+        "spm_identity": {
+            "vocab_size": 300,
+            "normalization_rule_name": "identity",
+            "add_dummy_prefix": False,
+            "remove_extra_whitespaces": False,
+        },
+        "spm_casefold": {"vocab_size": 300, "normalization_rule_name": "nfkc_cf"},
+    }.items():
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_writer=buf,
+            model_type="unigram",
+            num_threads=1,
+            character_coverage=1.0,
+            hard_vocab_limit=False,
+            minloglevel=2,
+            **extra,
+        )
+        (root / f"{label}.model").write_bytes(buf.getvalue())
+        cases.append((label, "sentencepiece", str(root / f"{label}.model")))
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.normalizer = normalizers.NFKC()
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.decoder = decoders.Metaspace()
+    bpe.train_from_iterator(
+        lines, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"], show_progress=False)
+    )
+    bpe.save(str(root / "bpe.json"))
+    cases.append(("hf_bpe", "tokenizers", str(root / "bpe.json")))
+
+    # A SentencePiece model converted to tokenizer.json the usual way (Precompiled
+    # normalizer, Metaspace, Unigram), as hub tokenizer.json files of such models are.
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(cases[0][2]).read_bytes())
+    uni = Tokenizer(
+        models.Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=proto.trainer_spec.unk_id)
+    )
+    uni.normalizer = normalizers.Sequence(
+        [
+            normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
+    )
+    uni.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    uni.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    uni.save(str(root / "unigram.json"))
+    cases.append(("hf_unigram", "tokenizers", str(root / "unigram.json")))
+    return cases
+
+
+def _python_result(text: str, tokenizer, rules) -> dict:
+    from pocket_tts_onnx.errors import InvalidInputError
+    from pocket_tts_onnx.text import text_to_chunk_tokens
+
+    ids = tokenizer.encode(text)
+    out = {"encode": ids, "decode": tokenizer.decode(ids)}
+    try:
+        out["chunks"] = [
+            {"text": c.text, "ids": c.token_ids, "guess": c.frames_after_eos_guess}
+            for c in text_to_chunk_tokens(text, tokenizer, rules)
+        ]
+    except InvalidInputError:
+        out["error"] = True
+    return out
+
+
+def test_js_token_ids_match_python(tokenizer_cases, tmp_path):
+    """Same chunks, chunk texts and token ids as `text_to_chunk_tokens`, for every string."""
+    from pocket_tts_onnx.runtime.tokenizer import load_tokenizer
+    from pocket_tts_onnx.text import TextRules
+
+    rule_sets = [
+        TextRules(replace_characters={"‘": "'", "’": "'"}),  # the demo bundle's rules
+        TextRules(
+            pad_with_spaces_for_short_inputs=True,
+            remove_semicolons=True,
+            capitalize_first_letter=False,
+            max_tokens_per_chunk=20,
+        ),
+        TextRules(append_terminal_punctuation=False),
+    ]
+    cases = [
+        {
+            "tokenizer": path,
+            "kind": kind,
+            "rules": rules.to_dict(),
+            "texts": _CORPUS,
+            "label": label,
+        }
+        for label, kind, path in tokenizer_cases
+        for rules in rule_sets
+    ]
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    js = _node("tokens.mjs", str(tmp_path / "cases.json"), timeout=60)
+
+    mismatches = []
+    compared = 0
+    for case, js_results in zip(cases, js, strict=True):
+        tokenizer = load_tokenizer(case["tokenizer"], case["kind"])
+        rules = TextRules.from_dict(case["rules"])
+        for text, got in zip(_CORPUS, js_results, strict=True):
+            want = _python_result(text, tokenizer, rules)
+            got = {**got, "error": True} if "error" in got else got
+            compared += 1
+            if got != want:
+                mismatches.append((case["label"], case["rules"], text, want, got))
+    assert not mismatches, f"{len(mismatches)} of {compared} differ; first: {mismatches[0]!r}"[
+        :3000
+    ]
+
+
+# ------------------------------------------------------------------------------ the page
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory) -> Path:
+    from pocket_tts_onnx.export.loading import ModelSource
+    from pocket_tts_onnx.export.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("web-bundle") / "bundle"
+    export_bundle(ModelSource(demo=True), out, quantize=False, verify=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def engine(bundle):
+    from pocket_tts_onnx import PocketTTSOnnx
+
+    return PocketTTSOnnx.load(bundle, precision="fp32")
+
+
+def _noise_bursts(rate: int, channels: int, seconds: float = 3.0) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    t = np.arange(int(rate * seconds)) / rate
+    on = ((t % 0.5) < 0.3).astype(np.float32)[:, None]
+    return (rng.standard_normal((t.size, channels)) * 0.3 * on).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def voice_files(bundle, tmp_path_factory) -> dict[str, Path]:
+    """24 kHz mono WAV, 16 kHz stereo WAV and FLAC, and a .npz made from the first by the CLI."""
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("web-voices")
+    files = {"wav24": root / "mono24k.wav", "wav16": root / "stereo16k.wav"}
+    sf.write(files["wav24"], _noise_bursts(24000, 1), 24000, subtype="PCM_16")
+    sf.write(files["wav16"], _noise_bursts(16000, 2), 16000, subtype="PCM_16")
+    files["flac16"] = root / "stereo16k.flac"
+    sf.write(files["flac16"], _noise_bursts(16000, 2), 16000)
+    files["npz"] = root / "voice.npz"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pocket_tts_onnx.cli",
+            "voice",
+            str(files["wav24"]),
+            "--bundle",
+            str(bundle),
+            "--out",
+            str(files["npz"]),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return files
+
+
+@pytest.fixture(scope="session")
+def server(bundle):
+    build = subprocess.run(
+        [NODE, str(WEB / "build.mjs")], capture_output=True, text=True, timeout=120
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    proc = subprocess.Popen(
+        [sys.executable, str(WEB / "serve.py"), "--bundle", str(bundle), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving "), line + proc.stderr.read()
+        yield line.split()[1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def page(server, voice_files, tmp_path_factory) -> dict:
+    """Results of one scripted session on the page; samples are read from `dir`."""
+    out = tmp_path_factory.mktemp("web-e2e")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    plan = {
+        "url": server,
+        "precision": "fp32",
+        "outDir": str(out),
+        "screenshot": str(OUTPUT / "demo.png"),
+        "text": TEXT,
+        "longText": LONG_TEXT,
+        "voices": {name: str(path) for name, path in voice_files.items()},
+    }
+    (out / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    results = _node("e2e.mjs", str(out / "plan.json"), timeout=120)
+    assert "failure" not in results, results["failure"] + "\n" + "\n".join(results["console"])
+    results["dir"] = out
+    (OUTPUT / "results.json").write_text(
+        json.dumps({k: v for k, v in results.items() if k != "dir"}, indent=2), encoding="utf-8"
+    )
+    return results
+
+
+def _samples(page: dict, name: str) -> np.ndarray:
+    run = page["runs"][name]
+    assert run["error"] is None, run["error"]
+    return np.fromfile(page["dir"] / f"{name}.f32", dtype="<f4")
+
+
+def _assert_close(got: np.ndarray, want: np.ndarray) -> float:
+    assert got.shape == want.shape, f"page made {got.shape[0]} samples, Python {want.shape[0]}"
+    diff = float(np.abs(got - want).max())
+    assert diff <= TOLERANCE, f"max |page - python| = {diff:.3g}"
+    return diff
+
+
+@needs_browser
+def test_page_matches_python_engine(page, engine):
+    got = _samples(page, "default")
+    _assert_close(got, engine.generate(TEXT, None, temperature=0.0))
+    assert page["randomWeightsBanner"], "random-weight bundle without the noise warning"
+
+
+@needs_browser
+def test_page_streams_several_chunks(page, engine):
+    for name in ("default", "long"):
+        run = page["runs"][name]
+        assert run["chunks"] > 1, f"{name}: one chunk only, nothing was streamed"
+        assert run["stats"]["firstChunkMs"] < run["stats"]["elapsedS"] * 1000
+    assert len(engine.tokenizer.encode(LONG_TEXT)) > engine.manifest.text.max_tokens_per_chunk
+    _assert_close(_samples(page, "long"), engine.generate(LONG_TEXT, None, temperature=0.0))
+
+
+@needs_browser
+def test_page_sampling_with_lsd_steps(page):
+    """Temperature 0.7 with 3 LSD steps: a different, finite, non-silent signal."""
+    sampled = _samples(page, "sampled")
+    plain = _samples(page, "default")
+    assert np.isfinite(sampled).all() and np.abs(sampled).max() > 0
+    n = min(sampled.size, plain.size)
+    assert np.abs(sampled[:n] - plain[:n]).max() > 1e-3
+
+
+@needs_browser
+@pytest.mark.parametrize("name", ["wav24", "wav16"])
+def test_page_voice_upload_matches_python(page, engine, voice_files, name):
+    """WAV prompts are read and resampled (scipy's resample_poly, mirrored) in the page."""
+    assert page["voices"][name]["error"] is None, page["voices"][name]["error"]
+    want = engine.generate(TEXT, engine.voice_from_audio(voice_files[name]), temperature=0.0)
+    diff = _assert_close(_samples(page, f"voice_{name}"), want)
+    # The voice must matter far more than the page/Python difference, or this proves nothing.
+    effect = float(np.abs(want - engine.generate(TEXT, None, temperature=0.0)).max())
+    assert diff < effect / 100, (diff, effect)
+
+
+@needs_browser
+def test_page_voice_upload_decoded_by_browser(page, engine, voice_files):
+    """Non-WAV audio goes through the browser's decoder and resampler, not scipy's: the
+    voice must load and speak; the difference to Python is recorded, not bounded."""
+    assert page["voices"]["flac16"]["error"] is None, page["voices"]["flac16"]["error"]
+    got = _samples(page, "voice_flac16")
+    assert np.isfinite(got).all() and np.abs(got).max() > 0
+    want = engine.generate(TEXT, engine.voice_from_audio(voice_files["flac16"]), temperature=0.0)
+    n = min(got.size, want.size)
+    diff = float(np.abs(got[:n] - want[:n]).max())
+    (OUTPUT / "flac-voice-diff.json").write_text(
+        json.dumps({"samples": [int(got.size), int(want.size)], "max_abs_diff": diff})
+    )
+
+
+@needs_browser
+def test_page_voice_npz_matches_python(page, engine, voice_files):
+    assert page["voices"]["npz"]["error"] is None, page["voices"]["npz"]["error"]
+    want = engine.generate(TEXT, engine.load_voice(voice_files["npz"]), temperature=0.0)
+    _assert_close(_samples(page, "voice_npz"), want)
+
+
+@needs_browser
+def test_page_shows_readable_errors(page):
+    empty = page["runs"]["empty"]
+    assert "empty" in empty["error"] and empty["stats"] is None
+    bad = page["badBundle"]
+    assert bad["visible"] and "HTTP 404" in bad["error"] and "manifest" in bad["error"]
+
+
+@needs_browser
+def test_page_screenshots(page):
+    for name in ("demo.png", "demo-error.png"):
+        data = (OUTPUT / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000

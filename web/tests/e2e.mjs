@@ -1,0 +1,122 @@
+// Drive the demo page in headless Chromium and print one JSON object of results.
+//
+//   node web/tests/e2e.mjs PLAN.json
+//
+// PLAN: {url, precision, outDir, screenshot, text, longText, voices: {name: path}}. Each
+// synthesis runs at temperature 0; its samples are written to outDir/<name>.f32 (raw
+// little-endian float32) for the caller to compare with the Python engine.
+
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const TIMEOUT = 30_000;
+const results = { console: [], runs: {} };
+
+const profile = mkdtempSync(join(tmpdir(), "pocket-tts-chromium-"));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: plan.chromium ?? "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--mute-audio",
+  ],
+  viewport: { width: 900, height: 1000 },
+});
+
+try {
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warning") results.console.push(`${m.type()}: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => results.console.push(`pageerror: ${e.message}`));
+
+  const waitState = (states) =>
+    page.waitForFunction((s) => s.includes(window.__state), states, { timeout: TIMEOUT });
+
+  const openAt = performance.now();
+  await page.goto(`${plan.url}?bundle=/bundle/&precision=${plan.precision}`);
+  await waitState(["ready", "error"]);
+  results.loadMs = performance.now() - openAt;
+  results.loadError = await page.evaluate(() => window.__lastError ?? null);
+  results.randomWeightsBanner = await page.isVisible("#random-weights");
+  if (results.loadError) throw new Error(`bundle failed to load: ${results.loadError}`);
+
+  async function synthesize(name, text, params = { temperature: "0", lsd: null, seed: "" }) {
+    await page.fill("#text", text);
+    await page.fill("#temperature", params.temperature);
+    if (params.lsd !== null) await page.fill("#lsd-steps", params.lsd);
+    await page.fill("#seed", params.seed);
+    await page.click("#play");
+    await page.waitForFunction(() => window.__state !== "generating", null, { timeout: TIMEOUT });
+    const run = await page.evaluate(() => {
+      const bytes = window.__lastAudio ? new Uint8Array(window.__lastAudio.buffer) : null;
+      let binary = "";
+      for (let i = 0; bytes && i < bytes.length; i += 0x8000) {
+        binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      }
+      return {
+        error: window.__lastError ?? null,
+        chunks: window.__chunks,
+        stats: window.__stats,
+        speedText: document.getElementById("stat-speed").textContent,
+        firstText: document.getElementById("stat-first").textContent,
+        base64: bytes ? btoa(binary) : null,
+      };
+    });
+    if (run.base64 !== null) {
+      writeFileSync(join(plan.outDir, `${name}.f32`), Buffer.from(run.base64, "base64"));
+    }
+    delete run.base64;
+    results.runs[name] = run;
+    return run;
+  }
+
+  async function useVoice(path) {
+    await page.setInputFiles("#voice-file", path);
+    // The page switches to "loading" synchronously on change; wait for the worker's answer.
+    await waitState(["ready"]);
+    return page.evaluate(() => ({ voice: window.__voice, error: window.__lastError ?? null }));
+  }
+
+  await synthesize("default", plan.text);
+  await page.screenshot({ path: plan.screenshot, fullPage: true });
+  await synthesize("long", plan.longText);
+  // Non-zero temperature and several LSD steps: exercises the noise and solver paths.
+  await synthesize("sampled", plan.text, { temperature: "0.7", lsd: "3", seed: "7" });
+  await page.fill("#lsd-steps", "1");
+
+  results.voices = {};
+  for (const [name, path] of Object.entries(plan.voices)) {
+    results.voices[name] = await useVoice(path);
+    await synthesize(`voice_${name}`, plan.text);
+  }
+  await page.click("#voice-clear");
+  await waitState(["ready"]);
+
+  // Readable errors: empty text, then a bundle URL that does not exist.
+  await synthesize("empty", "   ");
+  await page.fill("#bundle-url", "/no-such-bundle/");
+  await page.click("#load");
+  await waitState(["error"]);
+  results.badBundle = {
+    error: await page.evaluate(() => window.__lastError),
+    visible: await page.isVisible("#error"),
+  };
+  await page.screenshot({ path: plan.screenshot.replace(/\.png$/, "-error.png"), fullPage: true });
+} catch (e) {
+  results.failure = String(e?.stack ?? e);
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+console.log(JSON.stringify(results));

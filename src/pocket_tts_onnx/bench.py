@@ -110,6 +110,24 @@ def _median_ms(times: list[float]) -> float:
     return 1000 * statistics.median(times)
 
 
+def _result(
+    *, audio_s, elapsed, first_ms, voice_s, peak_mb, lm_step_ms, mimi_times, frames
+) -> dict:
+    """One worker's measurements. `peak_mb` is read right after voice encoding + streaming,
+    before the micro-benchmarks (whose 600-position prompt no real run makes);
+    `lm_step_ms(kv)` times flow-LM steps at that KV length."""
+    return {
+        "x_realtime": audio_s / elapsed,
+        "first_chunk_ms": first_ms,
+        "voice_encode_ms": 1000 * voice_s,
+        "lm_step_ms": lm_step_ms(KV_SHORT),
+        "lm_step_kv600_ms": lm_step_ms(KV_LONG),
+        "mimi_frame_ms": _median_ms(mimi_times),
+        "peak_rss_mb": peak_mb,
+        "frames": frames,
+    }
+
+
 # --------------------------------------------------------------------------- workers
 
 
@@ -137,6 +155,7 @@ def _upstream_worker(job: dict) -> dict:
         first_ms = 1000 * (time.perf_counter() - start)
         samples = first.numel() + sum(c.numel() for c in stream)
         elapsed = time.perf_counter() - start
+        peak_mb = _peak_rss_mb()
 
         def lm_step_ms(kv: int) -> float:
             st = init_states(flow_lm, batch_size=1, sequence_length=kv + STEPS + 1)
@@ -160,16 +179,16 @@ def _upstream_worker(job: dict) -> dict:
             mimi.decode_from_latent(latent, mimi_state)
             times.append(time.perf_counter() - t)
             increment_steps(mimi, mimi_state, increment=steps_per_latent)
-        return {
-            "x_realtime": samples / model.sample_rate / elapsed,
-            "first_chunk_ms": first_ms,
-            "voice_encode_ms": 1000 * voice_s,
-            "lm_step_ms": lm_step_ms(KV_SHORT),
-            "lm_step_kv600_ms": lm_step_ms(KV_LONG),
-            "mimi_frame_ms": _median_ms(times),
-            "peak_rss_mb": _peak_rss_mb(),
-            "frames": samples // int(mimi.frame_size),
-        }
+        return _result(
+            audio_s=samples / model.sample_rate,
+            elapsed=elapsed,
+            first_ms=first_ms,
+            voice_s=voice_s,
+            peak_mb=peak_mb,
+            lm_step_ms=lm_step_ms,
+            mimi_times=times,
+            frames=samples // int(mimi.frame_size),
+        )
 
 
 def _engine_worker(job: dict) -> dict:
@@ -189,6 +208,7 @@ def _engine_worker(job: dict) -> dict:
     first_ms = 1000 * (time.perf_counter() - start)
     samples = first.samples.size + sum(c.samples.size for c in stream)
     elapsed = time.perf_counter() - start
+    peak_mb = _peak_rss_mb()
 
     rng = np.random.default_rng(0)
     params = tts._params(eos_threshold=inf)
@@ -213,16 +233,16 @@ def _engine_worker(job: dict) -> dict:
         t = time.perf_counter()
         decoder.decode([latent])
         times.append(time.perf_counter() - t)
-    result = {
-        "x_realtime": samples / tts.sample_rate / elapsed,
-        "first_chunk_ms": first_ms,
-        "voice_encode_ms": 1000 * voice_s,
-        "lm_step_ms": lm_step_ms(KV_SHORT),
-        "lm_step_kv600_ms": lm_step_ms(KV_LONG),
-        "mimi_frame_ms": _median_ms(times),
-        "peak_rss_mb": _peak_rss_mb(),
-        "frames": samples // m.samples_per_latent,
-    }
+    result = _result(
+        audio_s=samples / tts.sample_rate,
+        elapsed=elapsed,
+        first_ms=first_ms,
+        voice_s=voice_s,
+        peak_mb=peak_mb,
+        lm_step_ms=lm_step_ms,
+        mimi_times=times,
+        frames=samples // m.samples_per_latent,
+    )
     if job.get("soak_minutes"):
         result.update(_soak(tts, voice, job["soak_minutes"]))
     return result
@@ -323,7 +343,7 @@ METRICS = [
     ("lm_step_kv600_ms", f"flow-LM step incl. head, KV {KV_LONG} (ms)", "{:.2f}"),
     ("kv_growth", f"step time KV {KV_LONG} / KV {KV_SHORT}", "{:.2f}"),
     ("mimi_frame_ms", "Mimi decode per 80 ms frame (ms)", "{:.2f}"),
-    ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"),
+    ("peak_rss_mb", "peak RSS: load, voice, stream (MB)", "{:.0f}"),
 ]
 
 
@@ -371,7 +391,7 @@ def _report(results: dict[str, list[dict]], meta: dict) -> tuple[str, dict]:
             )
             + "\n"
         )
-    return text, {"medians": medians, "ratios": ratios, "runs": results, **meta}
+    return text, {"medians": medians, "ratios": ratios, "per_run": results, **meta}
 
 
 def run_bench(args) -> None:

@@ -252,7 +252,9 @@ def test_from_sessions(lsd_bundle):
     tokenizer = load_tokenizer(lsd_bundle.bundle / manifest.tokenizer.file, manifest.tokenizer.kind)
     tts = PocketTTSOnnx.from_sessions(manifest, sessions, tokenizer)
     loaded = PocketTTSOnnx.load(lsd_bundle.bundle, precision="fp32")
-    assert np.array_equal(tts.generate(ONE_CHUNK, seed=3), loaded.generate(ONE_CHUNK, seed=3))
+    ours, reference = tts.generate(ONE_CHUNK, seed=3), loaded.generate(ONE_CHUNK, seed=3)
+    # Sessions with ORT's default options (thread pool, arena) round differently.
+    assert ours.shape == reference.shape and np.max(np.abs(ours - reference)) < 1e-5
 
 
 # ------------------------------------------------------------------------ bad input

@@ -369,6 +369,8 @@ def test_voice_from_another_model(bundles, voice_audio, tmp_path):
         tts.load_voice(tmp_path / "junk.npz")
     with pytest.raises(VoiceError, match="Voice"):
         tts.generate("Hello.", voice=np.zeros(3))
+    with pytest.raises(VoiceError, match="Voice"):
+        next(tts.stream("Hello.", voice=np.zeros(3)))
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -265,16 +265,33 @@ class PocketTTSOnnx:
                 )
 
     # ------------------------------------------------------------------- generation
-    def generate(self, text: str, voice: Voice | None = None, **params) -> np.ndarray:
+    def generate(
+        self,
+        text: str,
+        voice: Voice | None = None,
+        *,
+        temperature: float | None = None,
+        lsd_steps: int | None = None,
+        eos_threshold: float | None = None,
+        frames_after_eos: int | None = None,
+        noise_clamp: float | None = None,
+        seed: int | None = None,
+        max_frames: int | None = None,
+    ) -> np.ndarray:
         """Synthesize `text`; returns mono float32 audio at `sample_rate`. Parameters as in
-        `stream`. Runs without threads and decodes in blocks, then concatenates."""
-        p = self._params(**params)
+        `stream`. Runs in the calling thread and decodes in fixed blocks, so the result is
+        the same to the bit for the same seed (stream's blocks depend on timing)."""
+        p = self._params(
+            temperature, lsd_steps, eos_threshold, frames_after_eos, noise_clamp, seed, max_frames
+        )
+        start = self._start_state(voice)
+        chunks = text_to_chunk_tokens(text, self.tokenizer, self.manifest.text)
         rng = np.random.default_rng(p.seed)
         pieces = []
-        for chunk_latents in self._chunks(text, voice, p, rng, threading.Event()):
+        for chunk in chunks:
             decoder = _Decoder(self)
             block: list[np.ndarray] = []
-            for latent in chunk_latents:
+            for latent in self._chunk_latents(chunk, start, p, rng, threading.Event()):
                 block.append(latent)
                 if len(block) == MAX_DECODE_FRAMES:
                     pieces.append(decoder.decode(block))
@@ -305,21 +322,17 @@ class PocketTTSOnnx:
         decoded for the first audio chunk, later chunks take whatever is ready. Closing the
         generator stops the worker."""
         p = self._params(
-            temperature=temperature,
-            lsd_steps=lsd_steps,
-            eos_threshold=eos_threshold,
-            frames_after_eos=frames_after_eos,
-            noise_clamp=noise_clamp,
-            seed=seed,
-            max_frames=max_frames,
+            temperature, lsd_steps, eos_threshold, frames_after_eos, noise_clamp, seed, max_frames
         )
         if not isinstance(first_chunk_frames, int) or first_chunk_frames < 1:
             raise InvalidInputError(f"first_chunk_frames must be >= 1, got {first_chunk_frames}")
-        chunks = text_to_chunk_tokens(text, self.tokenizer, self.manifest.text)  # errors early
+        # Bad input fails here, in the caller's thread, before any work starts.
+        start = self._start_state(voice)
+        chunks = text_to_chunk_tokens(text, self.tokenizer, self.manifest.text)
         latents: queue.Queue = queue.Queue()
         stop = threading.Event()
         worker = threading.Thread(
-            target=self._produce, args=(chunks, voice, p, latents, stop), daemon=True
+            target=self._produce, args=(chunks, start, p, latents, stop), daemon=True
         )
         worker.start()
         try:
@@ -328,13 +341,16 @@ class PocketTTSOnnx:
             stop.set()
             worker.join()
 
-    def _produce(self, chunks, voice, p: _Params, out: queue.Queue, stop: threading.Event):
-        """Worker: latents of every chunk, then None; ("chunk",) marks a new text chunk."""
+    def _produce(self, chunks, start, p: _Params, out: queue.Queue, stop: threading.Event):
+        """Worker thread: ("chunk", None) before each text chunk's latents, ("latent", x) per
+        frame, ("error", e) if anything fails, and ("done", None) last."""
         try:
             rng = np.random.default_rng(p.seed)
-            for chunk_latents in self._chunks(chunks, voice, p, rng, stop):
+            for chunk in chunks:
+                if stop.is_set():
+                    break
                 out.put(("chunk", None))
-                for latent in chunk_latents:
+                for latent in self._chunk_latents(chunk, start, p, rng, stop):
                     out.put(("latent", latent))
         except BaseException as e:  # handed to the consumer, raised there
             out.put(("error", e))
@@ -380,6 +396,7 @@ class PocketTTSOnnx:
         seed=None,
         max_frames=None,
     ) -> _Params:
+        """Fill defaults from the manifest and validate, before any work starts."""
         d = self.manifest.defaults
         temperature = d.temperature if temperature is None else temperature
         steps = d.decode_steps if lsd_steps is None else lsd_steps
@@ -404,25 +421,21 @@ class PocketTTSOnnx:
             raise InvalidInputError(f"seed must be an integer or None, got {seed!r}")
         return _Params(float(temperature), steps, float(eos), after, clamp, max_frames, seed)
 
-    def _chunks(self, text_or_chunks, voice, p: _Params, rng, stop) -> Iterator[Iterator]:
-        """For each text chunk, an iterator over its latents [1, L] (upstream's loop)."""
-        if voice is not None and not isinstance(voice, Voice):
+    def _start_state(self, voice: Voice | None) -> dict[str, np.ndarray]:
+        """The flow-LM state every text chunk starts from (never mutated: graphs return new
+        arrays)."""
+        if voice is None:
+            return self.empty_state()
+        if not isinstance(voice, Voice):
             raise VoiceError(
                 f"voice must be a Voice (from voice_from_audio/load_voice), got "
                 f"{type(voice).__name__}"
             )
-        chunks = (
-            text_to_chunk_tokens(text_or_chunks, self.tokenizer, self.manifest.text)
-            if isinstance(text_or_chunks, str)
-            else text_or_chunks
-        )
-        start = voice.states if voice is not None else self.empty_state()
-        for chunk in chunks:
-            if stop.is_set():
-                return
-            yield self._chunk_latents(chunk, start, p, rng, stop)
+        return voice.states
 
     def _chunk_latents(self, chunk, start_state, p: _Params, rng, stop) -> Iterator[np.ndarray]:
+        """Upstream's loop for one text chunk: text prompt, then NaN-BOS autoregression until
+        EOS (+ frames after it) or the length limit. Yields latents [1, L]."""
         d = self.manifest.defaults
         after = p.frames_after_eos
         if after is None:

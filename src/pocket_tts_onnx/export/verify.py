@@ -68,7 +68,8 @@ def _text_conditioner_cases(model) -> Iterator[list[Step]]:
 
 def _mimi_encoder_cases(model) -> Iterator[list[Step]]:
     frame = int(model.mimi.frame_size)
-    for i, n in enumerate((1, frame - 1, frame, 3 * frame + 17, 6 * frame)):
+    # The last length outlasts the English encoder context (250 steps = 15.6 frames).
+    for i, n in enumerate((1, frame - 1, frame, 3 * frame + 17, 6 * frame, 20 * frame + 5)):
         audio = 0.3 * torch.randn(1, 1, n, generator=_rng(10 + i))
         ref = model._encode_audio(audio)
         if model.flow_lm.insert_bos_before_voice:

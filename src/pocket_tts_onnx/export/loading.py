@@ -145,7 +145,6 @@ def _randomize_unset_weights(model: torch.nn.Module, seed: int) -> None:
 
 def load_model(source: ModelSource) -> LoadedModel:
     """Build the upstream TTSModel for `source`; raise ModelSourceError with options on failure."""
-    from pocket_tts import TTSModel
 
     config_path, config_name = _resolve_config(source)
     data = _read_config_dict(config_path)
@@ -164,7 +163,19 @@ def load_model(source: ModelSource) -> LoadedModel:
         if path is not None and not Path(path).is_file():
             raise ModelSourceError(f"weights file not found: {path} ({flag})")
 
+    # Holds the rewritten config and a stand-in tokenizer; it must outlive loading (the
+    # exporter copies the tokenizer into the bundle), so LoadedModel owns it.
     tmp = tempfile.TemporaryDirectory(prefix="pocket-tts-onnx-")
+    try:
+        return _load(source, data, config_path, config_name, random_init, tmp)
+    except BaseException:
+        tmp.cleanup()
+        raise
+
+
+def _load(source, data, config_path, config_name, random_init, tmp) -> LoadedModel:
+    from pocket_tts import TTSModel
+
     tmp_dir = Path(tmp.name)
     lookup = data["flow_lm"]["lookup_table"]
     tokenizer = _local_tokenizer(data, config_path)
@@ -200,7 +211,6 @@ def load_model(source: ModelSource) -> LoadedModel:
 
     tmp_config = tmp_dir / f"{config_name}.yaml"
     tmp_config.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    what = f"loading {config_name}"
     try:
         if random_init:
             torch.manual_seed(source.seed)
@@ -208,11 +218,8 @@ def load_model(source: ModelSource) -> LoadedModel:
             config=tmp_config,
             checkpoint=str(source.checkpoint) if source.checkpoint else None,
         )
-    except ModelSourceError:
-        raise
     except Exception as e:  # upstream raises hub, safetensors, torch and pydantic errors
-        tmp.cleanup()
-        raise _wrap_load_error(e, what) from e
+        raise _wrap_load_error(e, f"loading {config_name}") from e
     if random_init:
         _randomize_unset_weights(model, source.seed)
     model.eval()
@@ -239,13 +246,12 @@ def load_model(source: ModelSource) -> LoadedModel:
 
 
 def _tokenizer_kind(lookup: dict) -> str:
+    """Upstream's rule (build_tokenizer): the config's kind, else the file suffix."""
     kind = str(lookup.get("tokenizer", "sentencepiece"))
     path = str(lookup["tokenizer_path"]).split("@")[0]
-    return (
-        "tokenizers"
-        if kind in ("tokenizers", "json") or path.endswith(".json")
-        else ("sentencepiece")
-    )
+    if kind in ("tokenizers", "json") or path.endswith(".json"):
+        return "tokenizers"
+    return "sentencepiece"
 
 
 def _weights_file_of(data: dict) -> Path | None:

@@ -77,6 +77,26 @@ def family_config(family: str) -> dict:
     return data
 
 
+def train_sentencepiece(lines: list[str], path: Path, **options) -> Path:
+    """A SentencePiece unigram model trained deterministically (one thread) on `lines`."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        model_type="unigram",
+        num_threads=1,
+        character_coverage=1.0,
+        minloglevel=2,
+        **options,
+    )
+    path.write_bytes(buf.getvalue())
+    return path
+
+
 @dataclass
 class FamilyBundle:
     family: str

@@ -8,12 +8,12 @@ generated corpus, so the tests need no download.
 from __future__ import annotations
 
 import dataclasses
-import io
 import random
 import string
 from types import SimpleNamespace
 
 import pytest
+from conftest import train_sentencepiece
 
 from pocket_tts_onnx.errors import BundleError, InvalidInputError
 from pocket_tts_onnx.runtime.tokenizer import Tokenizer, load_tokenizer
@@ -87,18 +87,7 @@ def tokenizer_files(tmp_path_factory) -> dict[str, tuple[str, str, int]]:
         "spm_bytes": {"vocab_size": 500, "byte_fallback": True},
     }
     for name, extra in variants.items():
-        buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
-            model_writer=buf,
-            model_type="unigram",
-            num_threads=1,
-            character_coverage=1.0,
-            minloglevel=2,
-            **extra,
-        )
-        path = root / f"{name}.model"
-        path.write_bytes(buf.getvalue())
+        path = train_sentencepiece(lines, root / f"{name}.model", **extra)
         out[name] = ("sentencepiece", str(path), extra["vocab_size"])
 
     hf = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))

@@ -9,7 +9,6 @@ be readable on the page, and screenshots land in test-output/web/.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import train_sentencepiece
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web"
@@ -145,7 +145,6 @@ def _training_lines() -> list[str]:
 @pytest.fixture(scope="session")
 def tokenizer_cases(tmp_path_factory) -> list[tuple[str, str, str]]:
     """(label, kind, path): the demo model plus one tokenizer of every other family."""
-    import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -165,18 +164,7 @@ def tokenizer_cases(tmp_path_factory) -> list[tuple[str, str, str]]:
         },
         "spm_casefold": {"vocab_size": 300, "normalization_rule_name": "nfkc_cf"},
     }.items():
-        buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
-            model_writer=buf,
-            model_type="unigram",
-            num_threads=1,
-            character_coverage=1.0,
-            hard_vocab_limit=False,
-            minloglevel=2,
-            **extra,
-        )
-        (root / f"{label}.model").write_bytes(buf.getvalue())
+        train_sentencepiece(lines, root / f"{label}.model", hard_vocab_limit=False, **extra)
         cases.append((label, "sentencepiece", str(root / f"{label}.model")))
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))

@@ -444,10 +444,15 @@ def run_bench(args) -> None:
         "bundle": str(bundle),
     }
     table, data = _report(results, meta)
+    from pocket_tts_onnx.manifest import Manifest
+
+    random_bundle = Manifest.load(bundle).random_weights
+    weights = "random weights, so no speech" if random_bundle else "real weights"
     header = (
         f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores "
         f"({', '.join(meta['machine']['flags'])}); intra-op threads per contender: "
-        f"{args.threads}; {args.frames} frames per run, median of {args.runs} runs.\n\n"
+        f"{args.threads}; {args.frames} frames per run, median of {args.runs} runs; "
+        f"{weights}.\n\n"
     )
     (args.output / "bench.md").write_text(header + table)
     (args.output / "bench.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -82,6 +82,9 @@ class Manifest:
     head_dim: int
     flow_type: str
     voice_cloning: bool
+    # The config inserts a learnt BOS row before the voice conditioning; mimi_encoder's
+    # `latents` already start with it, so runtimes feed them as they are.
+    voice_bos_in_latents: bool
     defaults: Defaults
     text: TextRules
     tokenizer: TokenizerInfo
@@ -109,6 +112,7 @@ class Manifest:
             "flow_type": self.flow_type,
             "flow_time_inputs": list(self.flow_time_inputs),
             "voice_cloning": self.voice_cloning,
+            "voice_bos_in_latents": self.voice_bos_in_latents,
             "defaults": asdict(self.defaults),
             "text": self.text.to_dict(),
             "tokenizer": asdict(self.tokenizer),
@@ -144,6 +148,7 @@ class Manifest:
                 head_dim=int(d["head_dim"]),
                 flow_type=d["flow_type"],
                 voice_cloning=bool(d["voice_cloning"]),
+                voice_bos_in_latents=bool(d["voice_bos_in_latents"]),
                 defaults=Defaults(**d["defaults"]),
                 text=TextRules.from_dict(d["text"]),
                 tokenizer=TokenizerInfo(**d["tokenizer"]),

@@ -133,6 +133,7 @@ def _build_manifest(
         head_dim=int(model.flow_lm.out_eos.in_features),
         flow_type=model.flow_lm.flow_type,
         voice_cloning=bool(model.has_voice_cloning),
+        voice_bos_in_latents=bool(model.flow_lm.insert_bos_before_voice),
         defaults=_defaults(model),
         text=_text_rules(model),
         tokenizer=TokenizerInfo(

@@ -35,7 +35,9 @@ def add_arguments(parser) -> None:
     src = parser.add_argument_group("model (random weights of this architecture by default)")
     src.add_argument("--language", default="english", help="shipped config to benchmark")
     src.add_argument("--config", type=Path, help="custom config instead of --language")
-    src.add_argument("--weights", type=Path, help="real weights for --config (upstream side)")
+    src.add_argument(
+        "--weights", type=Path, help="real safetensors weights for --language or --config"
+    )
     src.add_argument(
         "--bundle", type=Path, help="existing bundle of the same model (default: export one)"
     )
@@ -70,13 +72,12 @@ def _source_dict(args) -> dict:
 def _model_source(source: dict):
     from pocket_tts_onnx.export.loading import ModelSource
 
-    if source["weights"]:
-        return ModelSource(config=Path(source["config"]), weights=Path(source["weights"]))
     return ModelSource(
         language=source["language"],
         config=Path(source["config"]) if source["config"] else None,
+        weights=Path(source["weights"]) if source["weights"] else None,
         demo=source["demo"],
-        random_init=not source["demo"],
+        random_init=not (source["demo"] or source["weights"]),
         seed=0,
     )
 

@@ -22,8 +22,9 @@ from pocket_tts_onnx.specs import GraphSpec, build_graph_specs
 
 OPSET = 17
 
-# Sizes used to trace each dynamic axis: all different and > 1 so that no axis is mistaken
-# for a constant or for another axis.
+# Sizes used to trace each dynamic axis: > 1 where the contract allows it, and different
+# from the other axes of the same graph, so that no axis is traced as a constant or confused
+# with another (`steps` is 0 or 1 by contract; 0-length axes are verified separately).
 _TRACE_SIZES = {"tokens": 5, "steps": 1, "kv_len": 3, "frames": 2, "batch": 2}
 
 

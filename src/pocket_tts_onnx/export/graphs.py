@@ -8,20 +8,10 @@ read and replace, and come back out as outputs. The graph contract (names, axes)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from pocket_tts_onnx.specs import StateSpec
-
-
-@dataclass(frozen=True)
-class UpstreamState:
-    """Where one exposed state lives upstream: module name (relative to flow_lm or mimi) + key."""
-
-    module: str
-    key: str
 
 
 def _attention_modules(root: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -54,6 +44,7 @@ def flow_lm_state_specs(flow_lm: nn.Module) -> list[StateSpec]:
 def mimi_decoder_state_specs(mimi: nn.Module) -> list[StateSpec]:
     """Decoder-side streaming state: sliding KV windows, one position counter per transformer,
     conv tails and transposed-conv overlaps. Encoder-side modules run stateless."""
+    from pocket_tts.modules.attention import StreamingMultiheadAttention
     from pocket_tts.modules.conv import StreamingConv1d, StreamingConvTranspose1d
     from pocket_tts.modules.transformer import StreamingTransformer
 
@@ -76,7 +67,7 @@ def mimi_decoder_state_specs(mimi: nn.Module) -> list[StateSpec]:
             continue
         if isinstance(module, StreamingTransformer):
             add(name, "offset", [1], "int64")
-        elif hasattr(module, "num_kv_heads") and hasattr(module, "in_proj"):
+        elif isinstance(module, StreamingMultiheadAttention):
             window = f"window_{len(specs)}"
             for part in ("k", "v"):
                 add(name, f"cache.{part}", [1, module.num_kv_heads, window, module.dim_per_head])

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError
 
 
@@ -175,8 +177,6 @@ def run_say(args) -> None:
         first = first if first is not None else time.perf_counter() - start
         pieces.append(chunk.samples)
     elapsed = time.perf_counter() - start
-    import numpy as np
-
     audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     write_wav(args.out, audio, tts.sample_rate)
     duration = audio.shape[0] / tts.sample_rate

@@ -93,7 +93,7 @@ def test_mimi_decoder_state_stays_bounded(lsd_bundle):
     manifest = Manifest.load(lsd_bundle.bundle)
     spec = manifest.graphs["mimi_decoder"].spec
     session = ort.InferenceSession(str(lsd_bundle.bundle / "mimi_decoder.onnx"))
-    states = {s.name: np.zeros(s.initial_shape, dtype=s.dtype) for s in spec.states}
+    states = spec.initial_states()
     rng = np.random.default_rng(0)
     names = [t.name for t in spec.all_outputs]
     for _ in range(60):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 GRAPH_NAMES = ("text_conditioner", "mimi_encoder", "flow_lm_main", "flow_lm_flow", "mimi_decoder")
 
 # Time inputs of one flow-head solver step, by head type (see pocket_tts.models.flow_lm).
@@ -60,6 +62,16 @@ class StateSpec:
     def initial_shape(self) -> list[int]:
         return [0 if isinstance(d, str) else d for d in self.shape]
 
+    def zeros(self) -> np.ndarray:
+        """The initial value: zeros, every dynamic axis at 0."""
+        return np.zeros(self.initial_shape, dtype=self.dtype)
+
+    def from_upstream_cache(self, cache: np.ndarray, filled: int) -> np.ndarray:
+        """This "cache.k"/"cache.v" state from upstream's cache [2, B, T, H, d] holding
+        `filled` positions: one half, head-major, cut to the filled length."""
+        part = 0 if self.upstream_key == "cache.k" else 1
+        return np.ascontiguousarray(cache[part, :, :filled].transpose(0, 2, 1, 3), np.float32)
+
     def input_spec(self) -> TensorSpec:
         return TensorSpec(self.name, self.dtype, self.shape)
 
@@ -91,6 +103,9 @@ class GraphSpec:
     @property
     def all_outputs(self) -> list[TensorSpec]:
         return self.outputs + [s.output_spec() for s in self.states]
+
+    def initial_states(self) -> dict[str, np.ndarray]:
+        return {s.name: s.zeros() for s in self.states}
 
     def to_dict(self) -> dict:
         return {

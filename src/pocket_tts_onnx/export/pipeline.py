@@ -173,7 +173,7 @@ def export_bundle(
                 progress(f"quantizing {name} (INT8, MatMul)")
                 int8[name] = quantize_graph(path)
         tokenizer_file = (
-            "tokenizer.json" if loaded.tokenizer_kind == "tokenizers" else ("tokenizer.model")
+            "tokenizer.json" if loaded.tokenizer_kind == "tokenizers" else "tokenizer.model"
         )
         shutil.copyfile(loaded.tokenizer_path, staging / tokenizer_file)
         reports = []

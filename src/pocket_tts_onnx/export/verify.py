@@ -116,8 +116,7 @@ def _state_refs(model, state) -> dict[str, np.ndarray]:
     for spec in flow_lm_state_specs(model.flow_lm):
         module_state = state[spec.upstream_module.split(".", 1)[1]]
         filled = int(module_state["offset"].view(-1)[0])
-        part = 0 if spec.upstream_key == "cache.k" else 1
-        refs[spec.output_name] = _np(module_state["cache"][part, :, :filled].transpose(1, 2))
+        refs[spec.output_name] = spec.from_upstream_cache(_np(module_state["cache"]), filled)
     return refs
 
 
@@ -166,7 +165,7 @@ def reference_cases(model, specs: dict[str, GraphSpec]) -> dict[str, list[list[S
 
 def run_stream(session: ort.InferenceSession, spec: GraphSpec, steps: list[Step]) -> list[dict]:
     """Run one case, starting from all-zero states and looping state outputs back by name."""
-    states = {s.name: np.zeros(s.initial_shape, dtype=s.dtype) for s in spec.states}
+    states = spec.initial_states()
     output_names = [t.name for t in spec.all_outputs]
     results = []
     for inputs, _ in steps:

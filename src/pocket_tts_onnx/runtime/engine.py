@@ -166,10 +166,7 @@ class PocketTTSOnnx:
     # ----------------------------------------------------------------------- voices
     def empty_state(self) -> dict[str, np.ndarray]:
         """flow_lm_main states before any prompt (also what `voice=None` uses)."""
-        return {
-            s.name: np.zeros(s.initial_shape, dtype=s.dtype)
-            for s in self._specs["flow_lm_main"].states
-        }
+        return self._specs["flow_lm_main"].initial_states()
 
     def voice_from_audio(
         self,
@@ -243,10 +240,7 @@ class PocketTTSOnnx:
                 raise VoiceError(f"{path} has no {module}/cache: it is not a voice for this model")
             cache = entry["cache"]
             filled = int(np.asarray(entry.get("offset", [cache.shape[2]])).reshape(-1)[0])
-            part = 0 if spec.upstream_key == "cache.k" else 1
-            states[spec.name] = np.ascontiguousarray(
-                cache[part, :, :filled].transpose(0, 2, 1, 3), dtype=np.float32
-            )
+            states[spec.name] = spec.from_upstream_cache(cache, filled)
         return states
 
     def _check_voice_states(self, states: dict[str, np.ndarray], path: Path) -> None:
@@ -525,7 +519,7 @@ class _Decoder:
         self._session = engine._sessions["mimi_decoder"]
         self._spec = spec
         self._outputs = engine._dec_outputs
-        self._states = {s.name: np.zeros(s.initial_shape, dtype=s.dtype) for s in spec.states}
+        self._states = spec.initial_states()
         self._sample_rate = engine.sample_rate
         self._first = True
 

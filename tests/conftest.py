@@ -153,3 +153,32 @@ def voice_audio() -> np.ndarray:
     for start in range(0, 40000, 8000):
         audio[start : start + 5000] = 0.2 * rng.standard_normal(5000)
     return audio
+
+
+@pytest.fixture(scope="session")
+def serve_bundle(tmp_path_factory) -> Path:
+    """The demo model exported with INT8 graphs, for the HTTP server tests (unverified: the
+    server tests compare the server with the engine on this same bundle)."""
+    from pocket_tts_onnx.export.pipeline import export_bundle
+
+    bundle = tmp_path_factory.mktemp("serve") / "demo"
+    export_bundle(ModelSource(demo=True), bundle, quantize=True, verify=False)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def sherpa_bundle(tmp_path_factory) -> FamilyBundle:
+    """The lsd family with the flow LM 1024 wide, quantized: sherpa-onnx 2.0.1 feeds its own
+    empty text tensor [1, 0, 1024] (the released English width) and a 32-dim latent, so a
+    narrower model cannot run there. One layer keeps it a few seconds to export."""
+    from pocket_tts_onnx.export.pipeline import export_bundle
+
+    data = family_config("lsd")
+    data["flow_lm"]["transformer"].update(d_model=1024, num_heads=4, num_layers=1, hidden_scale=1)
+    data["flow_lm"]["lookup_table"]["dim"] = 1024
+    root = tmp_path_factory.mktemp("sherpa")
+    config = root / "tiny_sherpa.yaml"
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    source = ModelSource(config=config, random_init=True, seed=0)
+    _, reports = export_bundle(source, root / "bundle", quantize=True, verify=True)
+    return FamilyBundle("lsd", config, root / "bundle", {r.graph: r for r in reports})

@@ -28,11 +28,14 @@ def test_bench_harness_on_demo(tmp_path, capsys):
         == 0
     )
     data = json.loads((out / "bench.json").read_text())
-    assert set(data["medians"]) == {"upstream", "fp32", "int8"}
+    assert set(data["medians"]) == {"upstream", "upstream-int8", "fp32", "int8"}
+    # upstream-int8 is upstream's own quantize path; the backend it picked is named.
+    assert data["per_run"]["upstream-int8"][0]["backend"].startswith(("torch.ao", "torchao"))
     for contender, med in data["medians"].items():
         assert med["frames"] == 6, contender  # EOS disabled: exactly the requested frames
         for key in (
             "x_realtime",
+            "cpu_s_per_audio_s",
             "first_chunk_ms",
             "voice_encode_ms",
             "lm_step_ms",
@@ -42,10 +45,21 @@ def test_bench_harness_on_demo(tmp_path, capsys):
         ):
             assert med[key] > 0, (contender, key)
     assert data["ratios"]["upstream"]["throughput_vs_upstream"] == 1.0
+    assert data["ratios"]["upstream-int8"]["throughput_vs_upstream-int8"] == 1.0
+    ours = data["medians"]["int8"]["x_realtime"]
+    for base in ("upstream", "upstream-int8"):
+        expected = ours / data["medians"][base]["x_realtime"]
+        assert abs(data["ratios"]["int8"][f"throughput_vs_{base}"] - expected) < 1e-9
     assert data["medians"]["int8"]["rss_after_1min_mb"] > 0
+    if "flow_lm_step" in json.loads((out / "bundle-demo" / "manifest.json").read_text())["graphs"]:
+        for contender in ("fp32", "int8"):  # the fast-KV variant's step, timed like the other
+            med = data["medians"][contender]
+            assert med["lm_step_fastkv_ms"] > 0 and med["lm_step_fastkv_kv600_ms"] > 0
     assert data["machine"]["cores"] >= 1 and data["versions"]["onnxruntime"]
+    assert data["machine"]["memory_copy_gb_s"] > 0
     table = (out / "bench.md").read_text()
-    assert "throughput vs upstream" in table and "peak RSS" in table
+    assert "throughput vs upstream-int8" in table and "peak RSS" in table
+    assert "backend" in table and "GB/s" in table and "Targets" in table
     assert "bench.md" in capsys.readouterr().out
 
 

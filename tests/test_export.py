@@ -29,7 +29,7 @@ from pocket_tts_onnx.export.patches import check_pocket_tts_version, stateless_m
 from pocket_tts_onnx.export.pipeline import export_bundle
 from pocket_tts_onnx.export.verify import reference_cases, verify_graph
 from pocket_tts_onnx.manifest import Manifest
-from pocket_tts_onnx.specs import GRAPH_NAMES
+from pocket_tts_onnx.specs import GRAPH_NAMES, VARIANT_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,8 @@ def test_family_bundle_is_verified_and_quantized(bundles, family):
     assert manifest.random_weights and "RANDOM WEIGHTS" in manifest.notes[0]
     assert manifest.flow_type == family
     report = json.loads((b.bundle / "verify_report.json").read_text())
-    assert set(report) == set(GRAPH_NAMES)
-    for name in GRAPH_NAMES:
+    assert set(report) == set(GRAPH_NAMES + VARIANT_NAMES)
+    for name in GRAPH_NAMES + VARIANT_NAMES:
         entry = report[name]
         assert entry["passed"] and entry["worst_fp32"] <= 1e-4, (name, entry)
         int8 = entry["int8_relative_l2_vs_fp32"]
@@ -233,7 +233,7 @@ def test_unwritable_or_foreign_output(tmp_path):
 def test_interrupted_export_keeps_previous_bundle(tmp_path):
     out = tmp_path / "bundle"
     export_bundle(ModelSource(demo=True), out, verify=False)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def interrupt(message: str) -> None:
         if message.startswith("exporting flow_lm_main"):
@@ -241,7 +241,7 @@ def test_interrupted_export_keeps_previous_bundle(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         export_bundle(ModelSource(demo=True, seed=3), out, progress=interrupt)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging left
 
 

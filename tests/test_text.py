@@ -680,3 +680,107 @@ def test_load_tokenizer_errors(tmp_path, tokenizer_files):
         load_tokenizer(json_path, "json").vocab_size
         == load_tokenizer(json_path, "tokenizers").vocab_size
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Long texts: linear splitting, lazy chunks
+# --------------------------------------------------------------------------------------------
+
+
+class _CountingTokenizer:
+    """Wraps a tokenizer and counts the work asked of it."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.vocab_size = inner.vocab_size
+        self.encoded_chars: list[int] = []  # length of each encoded text
+        self.decoded_tokens = 0
+
+    def encode(self, text: str) -> list[int]:
+        self.encoded_chars.append(len(text))
+        return self._inner.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        self.decoded_tokens += len(ids)
+        return self._inner.decode(ids)
+
+
+def _decimal_heavy(rng: random.Random, count: int) -> list[str]:
+    """Numbers next to periods in every arrangement the decimal rule looks at."""
+    parts = ["3.5", "3. 5", "3 .5", "12.", ".7", "x.5", "3.x", "😀.5", "3.😀", "é.5", "3.é",
+             "1.2.3", "9..9", "9...9", "9.!9", "2. .3", "(3).4", "3.”5", "word", "the", ". ",
+             "! ", "? ", " ", "\n", "…5"]  # fmt: skip
+    return ["".join(rng.choice(parts) for _ in range(rng.randint(2, 40))) for _ in range(count)]
+
+
+def _continues_decimal_full(ids, pos, tokenizer) -> bool:
+    """Upstream's definition: decode the whole prefix and the whole suffix."""
+    before, after = tokenizer.decode(ids[:pos]), tokenizer.decode(ids[pos:])
+    return (
+        len(before) >= 2
+        and before[-1] == "."
+        and before[-2].isdigit()
+        and bool(after)
+        and after[0].isdigit()
+    )
+
+
+def test_decimal_rule_on_a_window_equals_whole_decode(tokenizer_pair):
+    from pocket_tts_onnx.text import _continues_decimal
+
+    ours, _ = tokenizer_pair
+    rng = random.Random(7)
+    for tok in (ours, _CharTokenizer()):
+        n_decimal = 0
+        for text in _decimal_heavy(rng, 60):
+            ids = tok.encode(text)
+            for pos in range(len(ids) + 1):
+                expected = _continues_decimal_full(ids, pos, tok)
+                assert _continues_decimal(ids, pos, tok) == expected, (text, pos)
+                n_decimal += expected
+        assert n_decimal >= 50  # the strings do exercise the rule
+
+
+def test_decimal_heavy_split_matches_upstream(tokenizer_pair):
+    ours, upstream = tokenizer_pair
+    rng = random.Random(8)
+    for text in _decimal_heavy(rng, 80):
+        for rules in (TextRules(max_tokens_per_chunk=6), TextRules()):
+            assert _ours(split_into_chunks, text, ours, rules) == _upstream_split(
+                text, upstream, rules
+            ), text
+
+
+def test_splitting_is_linear_in_the_text(tokenizer_files):
+    # Upstream decodes the whole prefix and suffix at every sentence boundary: 10x the text
+    # meant ~100x the work (200,000 characters: 55 s before the first frame).
+    kind, path, _ = tokenizer_files["spm_marks"]
+    rng = random.Random(3)
+    long_text = _long_text(rng, 200_000)
+    work = {}
+    for n in (20_000, 200_000):
+        tok = _CountingTokenizer(load_tokenizer(path, kind))
+        chunks = split_into_chunks(long_text[:n], tok, TextRules())
+        assert len(chunks) > n / 1000
+        work[n] = tok.decoded_tokens + sum(tok.encoded_chars)
+    assert work[200_000] / work[20_000] < 12, work  # linear: ~10
+
+
+def test_first_chunk_is_ready_before_the_rest_is_split(tokenizer_files):
+    from pocket_tts_onnx.text import iter_chunk_tokens
+
+    kind, path, _ = tokenizer_files["spm_marks"]
+    text = _long_text(random.Random(4), 100_000)
+    tok = _CountingTokenizer(load_tokenizer(path, kind))
+    rules = TextRules()
+    chunks = iter_chunk_tokens(text, tok, rules)
+    # One linear pass tokenizes the prepared text; everything else so far is about the
+    # first chunk only (a few pieces of at most 50 tokens).
+    whole = [n for n in tok.encoded_chars if n > 10_000]
+    assert len(whole) == 1
+    assert sum(tok.encoded_chars) - whole[0] < 2_000, tok.encoded_chars
+    assert tok.decoded_tokens < 20 * rules.max_tokens_per_chunk, tok.decoded_tokens
+    first = next(chunks)
+    rest = list(chunks)
+    assert [first, *rest] == text_to_chunk_tokens(text, tok, rules)
+    assert len(rest) > 500 and tok.decoded_tokens > 50_000

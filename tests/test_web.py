@@ -43,6 +43,13 @@ LONG_TEXT = " ".join(
 TOLERANCE = 1e-3
 
 
+def _no_voice():
+    """What the Python engine takes for "no voice prompt" (the page's "none" entry)."""
+    import pocket_tts_onnx
+
+    return getattr(pocket_tts_onnx, "NO_VOICE", None)
+
+
 def _node(script: str, *args: str, timeout: float) -> dict | list:
     proc = subprocess.run(
         [NODE, str(WEB / "tests" / script), *args],
@@ -258,16 +265,194 @@ def test_js_token_ids_match_python(tokenizer_cases, tmp_path):
     ]
 
 
+# ----------------------------------------------- tokenizer.json converted from SentencePiece
+
+_UNICODE_PIECES = [
+    *("café", "naïve", "über", "straße", "señor", "élève", "Ærøskøbing", "Łódź", "Ångström"),
+    *("e\u0301", "a\u0308\u0301", "n\u0303", "o\u0302\u0323", "Z\u0335", "i\u0307"),
+    *("ﬁne", "ﬂow", "ǆemal", "ǅ", "Ǆ", "æ", "œuvre", "ĳ", "ﬀ", "ﬃ", "ﬆ"),
+    *("Ｆｕｌｌ", "ＡＢＣ", "ｗｉｄｔｈ", "１２３", "！", "？", "（ｘ）", "ｶﾀｶﾅ", "－"),
+    *("“quoted”", "‘single’", "«guillemets»", "„low“", "‹angle›", "「括弧」", "'", '"'),
+    *("3.5", "1,234", "x²", "①", "⅓", "٣٫٥", "३.५", "Ⅻ", "ⅻ", "0.25", "10⁻³", "₂"),
+    *("🙂", "👍🏽", "🇫🇷", "👨\u200d👩\u200d👧", "❤\ufe0f", "🧑🏿\u200d🚀", "✈", "☃"),
+    *("日本語", "中文", "한국어", "ᄀ\u1161", "Привет", "Σίσυφος", "עברית", "العربية"),
+    *("\u00a0", "\u3000", "\u2009", "\t", "\u200b", "\ufeff", "\u2028", "\u0085", "  "),
+    *("—", "–", "…", "...", "·", "•", "§", "©", "™", "°C", "€", "£", "¥", "%"),
+    *("hello", "world", "the", "quick", "brown", "fox", "It's", "don't", "A", "I"),
+    *("<unk>", "𝔘𝔫𝔦", "𝟙𝟚", "Ⓐ", "㍿", "㎏", "℃", "№", "ℌ", "ſ", "ẞ"),
+]
+
+
+def _unicode_corpus(n: int = 520) -> list[str]:
+    """Deterministic strings heavy in accents, ligatures, full-width forms, quotes, digits,
+    emoji and combining marks, joined by assorted whitespace and punctuation."""
+    rng = random.Random(12)
+    seps = [" ", " ", " ", "  ", "\u00a0", "\u3000", "", ", ", ". ", "! ", "? ", "; ", "\n"]
+    out = []
+    for _ in range(n):
+        words = [rng.choice(_UNICODE_PIECES) for _ in range(rng.randint(1, 9))]
+        text = words[0] + "".join(rng.choice(seps) + w for w in words[1:])
+        out.append(text + rng.choice(["", ".", "!", "?", "…", " "]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def converted_tokenizers(tmp_path_factory) -> list[tuple[str, str]]:
+    """tokenizer.json files made the way released ones were: a SentencePiece unigram model
+    trained here (nmt_nfkc, its Precompiled charsmap) and converted by tokenizers' own
+    SentencePiece converter; plus the layout transformers' SpmConverter writes (Strip, and
+    " {2,}" to U+2581 after the charsmap), and a byte-fallback model."""
+    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, normalizers
+    from tokenizers.implementations import SentencePieceUnigramTokenizer
+
+    # from_spm imports the protobuf module by its bare name.
+    sys.modules.setdefault("sentencepiece_model_pb2", sentencepiece_model_pb2)
+    root = tmp_path_factory.mktemp("web-converted")
+    lines = _training_lines()[:1000] + _unicode_corpus(400)
+    out = []
+    for label, extra in {
+        "nfkc": {"vocab_size": 600},
+        "nfkc_bytes": {"vocab_size": 700, "byte_fallback": True},
+        "nfkc_cf": {"vocab_size": 500, "normalization_rule_name": "nmt_nfkc_cf"},
+    }.items():
+        model = train_sentencepiece(lines, root / f"{label}.model", hard_vocab_limit=False, **extra)
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(model.read_bytes())
+        assert proto.normalizer_spec.precompiled_charsmap, "no charsmap: nothing is tested"
+        converted = SentencePieceUnigramTokenizer.from_spm(str(model))
+        converted.save(str(root / f"{label}.json"))
+        assert '"Precompiled"' in (root / f"{label}.json").read_text(encoding="utf-8")
+        out.append((f"from_spm_{label}", str(root / f"{label}.json")))
+        if label == "nfkc":
+            tok = converted._tokenizer
+            tok.normalizer = normalizers.Sequence(
+                [
+                    normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap),
+                    normalizers.Strip(left=False, right=True),
+                    normalizers.Replace(Regex(" {2,}"), "\u2581"),
+                ]
+            )
+            tok.save(str(root / "spmconverter.json"))
+            out.append(("spmconverter_nfkc", str(root / "spmconverter.json")))
+    del sentencepiece
+    return out
+
+
+def test_js_tokenizer_json_from_sentencepiece_matches_python(converted_tokenizers, tmp_path):
+    """>= 500 unicode-heavy strings per rule set: same ids, decoded text and chunks as
+    Python `tokenizers` on converted SentencePiece models (Precompiled normalizer)."""
+    from pocket_tts_onnx.runtime.tokenizer import load_tokenizer
+    from pocket_tts_onnx.text import TextRules
+
+    corpus = _unicode_corpus()
+    assert len(corpus) >= 500
+    rule_sets = [
+        TextRules(),
+        TextRules(capitalize_first_letter=False, max_tokens_per_chunk=20),
+        TextRules(append_terminal_punctuation=False, remove_semicolons=True),
+    ]
+    cases = [
+        {"tokenizer": path, "kind": "tokenizers", "rules": r.to_dict(), "texts": corpus}
+        for _, path in converted_tokenizers
+        for r in rule_sets
+    ]
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    js = _node("tokens.mjs", str(tmp_path / "cases.json"), timeout=120)
+    mismatches, compared = [], 0
+    for case, results in zip(cases, js, strict=True):
+        tokenizer = load_tokenizer(case["tokenizer"], "tokenizers")
+        rules = TextRules.from_dict(case["rules"])
+        for text, got in zip(corpus, results, strict=True):
+            want = _python_result(text, tokenizer, rules)
+            got = {**got, "error": True} if "error" in got else got
+            compared += 1
+            if got != want:
+                mismatches.append((Path(case["tokenizer"]).name, text, want, got))
+    assert compared >= 500 * len(rule_sets) * len(converted_tokenizers)
+    assert not mismatches, f"{len(mismatches)} of {compared} differ; first: {mismatches[0]!r}"[
+        :3000
+    ]
+
+
+# ------------------------------------------------------------------------- fast-KV engine
+
+
+@pytest.fixture(scope="session")
+def node_engine_runs(bundle, tmp_path_factory) -> dict:
+    """The JS engine in Node on both flow-LM paths (flow_lm_step and flow_lm_main), with no
+    voice, a bundle voice and a voice cloned in JS; samples are read from `dir`."""
+    out = tmp_path_factory.mktemp("web-node-engine")
+    prompt = _noise_bursts(24000, 1, seconds=1.5)[:, 0]
+    prompt.astype("<f4").tofile(out / "prompt.f32")
+    voice = _other_voice(bundle)
+    plan = {
+        "bundle": str(bundle),
+        "precision": "fp32",
+        "outDir": str(out),
+        "texts": {"short": TEXT, "long": LONG_TEXT},
+        "voices": {voice: str(bundle / _manifest(bundle)["voices"][voice]["file"])},
+        "cloneFrom": {"f32": str(out / "prompt.f32"), "sampleRate": 24000},
+    }
+    (out / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    result = _node("engine.mjs", str(out / "plan.json"), timeout=120)
+    return {**result, "dir": out, "voice": voice, "prompt": prompt}
+
+
+def test_js_fast_kv_matches_contract_graph_and_python(node_engine_runs, engine, bundle):
+    """flow_lm_step with the runtime's preallocated K/V buffers gives the contract graph's
+    audio (and voice states), and the Python engine's."""
+    runs = node_engine_runs
+    if "flow_lm_step" not in _manifest(bundle)["graphs"]:
+        pytest.skip("the exporter writes no flow_lm_step graph yet")
+    assert runs["fastKv"] is True and runs["contractFastKv"] is False
+    voice_file = bundle / _manifest(bundle)["voices"][runs["voice"]]["file"]
+    voices = {
+        "none": _no_voice(),
+        runs["voice"]: engine.load_voice(voice_file),
+        "cloned": engine.voice_from_audio((runs["prompt"], 24000)),
+    }
+    read = lambda name: np.fromfile(runs["dir"] / f"{name}.f32", dtype="<f4")  # noqa: E731
+    for text_name, text in (("short", TEXT), ("long", LONG_TEXT)):
+        for voice_name, voice in voices.items():
+            step = read(f"step_{text_name}_{voice_name}")
+            contract = read(f"contract_{text_name}_{voice_name}")
+            assert step.shape == contract.shape and np.abs(step - contract).max() <= 1e-5
+            _assert_close(step, engine.generate(text, voice, temperature=0.0))
+    assert runs["voiceStates"] and max(runs["voiceStates"].values()) <= 1e-5, runs["voiceStates"]
+
+
 # ------------------------------------------------------------------------------ the page
 
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory) -> Path:
+    """The demo bundle with at least two predefined voices: the exporter's own, plus voices
+    computed here from noise prompts, listed as the manifest lists them ({name: {file,
+    sha256, origin}}, default_voice)."""
+    from pocket_tts_onnx import PocketTTSOnnx
     from pocket_tts_onnx.export.loading import ModelSource
     from pocket_tts_onnx.export.pipeline import export_bundle
+    from pocket_tts_onnx.manifest import file_sha256
 
     out = tmp_path_factory.mktemp("web-bundle") / "bundle"
     export_bundle(ModelSource(demo=True), out, quantize=False, verify=False)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    voices = manifest.get("voices") or {}
+    tts = PocketTTSOnnx.load(out, precision="fp32")
+    (out / "voices").mkdir(exist_ok=True)
+    for i, name in enumerate(["breeze", "pebble"]):
+        prompt = _noise_bursts(24000, 1, seconds=1.0 + i)[:, 0] * (0.5 + i)
+        tts.voice_from_audio((prompt, 24000)).save(out / "voices" / f"{name}.npz")
+        voices[name] = {
+            "file": f"voices/{name}.npz",
+            "sha256": file_sha256(out / "voices" / f"{name}.npz"),
+            "origin": "computed from random weights (test)",
+        }
+    manifest["voices"] = voices
+    manifest["default_voice"] = manifest.get("default_voice") or "pebble"
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return out
 
 
@@ -308,6 +493,8 @@ def voice_files(bundle, tmp_path_factory) -> dict[str, Path]:
             str(bundle),
             "--out",
             str(files["npz"]),
+            "--precision",
+            "fp32",
         ],
         check=True,
         capture_output=True,
@@ -338,7 +525,7 @@ def server(bundle):
 
 
 @pytest.fixture(scope="session")
-def page(server, voice_files, tmp_path_factory) -> dict:
+def page(server, bundle, voice_files, tmp_path_factory) -> dict:
     """Results of one scripted session on the page; samples are read from `dir`."""
     out = tmp_path_factory.mktemp("web-e2e")
     OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -350,6 +537,7 @@ def page(server, voice_files, tmp_path_factory) -> dict:
         "text": TEXT,
         "longText": LONG_TEXT,
         "voices": {name: str(path) for name, path in voice_files.items()},
+        "namedVoice": _other_voice(bundle),
     }
     (out / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
     results = _node("e2e.mjs", str(out / "plan.json"), timeout=120)
@@ -359,6 +547,16 @@ def page(server, voice_files, tmp_path_factory) -> dict:
         json.dumps({k: v for k, v in results.items() if k != "dir"}, indent=2), encoding="utf-8"
     )
     return results
+
+
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+
+
+def _other_voice(bundle: Path) -> str:
+    """A bundle voice that is not the default (so selecting it is a real change)."""
+    m = _manifest(bundle)
+    return next(n for n in sorted(m["voices"]) if n != m["default_voice"])
 
 
 def _samples(page: dict, name: str) -> np.ndarray:
@@ -377,7 +575,7 @@ def _assert_close(got: np.ndarray, want: np.ndarray) -> float:
 @needs_browser
 def test_page_matches_python_engine(page, engine):
     got = _samples(page, "default")
-    _assert_close(got, engine.generate(TEXT, None, temperature=0.0))
+    _assert_close(got, engine.generate(TEXT, _no_voice(), temperature=0.0))
     assert page["randomWeightsBanner"], "random-weight bundle without the noise warning"
 
 
@@ -388,7 +586,7 @@ def test_page_streams_several_chunks(page, engine):
         assert run["chunks"] > 1, f"{name}: one chunk only, nothing was streamed"
         assert run["stats"]["firstChunkMs"] < run["stats"]["elapsedS"] * 1000
     assert len(engine.tokenizer.encode(LONG_TEXT)) > engine.manifest.text.max_tokens_per_chunk
-    _assert_close(_samples(page, "long"), engine.generate(LONG_TEXT, None, temperature=0.0))
+    _assert_close(_samples(page, "long"), engine.generate(LONG_TEXT, _no_voice(), temperature=0.0))
 
 
 @needs_browser
@@ -409,7 +607,7 @@ def test_page_voice_upload_matches_python(page, engine, voice_files, name):
     want = engine.generate(TEXT, engine.voice_from_audio(voice_files[name]), temperature=0.0)
     diff = _assert_close(_samples(page, f"voice_{name}"), want)
     # The voice must matter far more than the page/Python difference, or this proves nothing.
-    effect = float(np.abs(want - engine.generate(TEXT, None, temperature=0.0)).max())
+    effect = float(np.abs(want - engine.generate(TEXT, _no_voice(), temperature=0.0)).max())
     assert diff < effect / 100, (diff, effect)
 
 
@@ -444,7 +642,44 @@ def test_page_shows_readable_errors(page):
 
 
 @needs_browser
+def test_page_failed_load_clears_the_voice(page):
+    """A voice was in use when the bad bundle URL was loaded: nothing of it may remain."""
+    assert page["named"]["voice"] is not None, "no voice was active before the failed load"
+    bad = page["badBundle"]
+    assert bad["voice"] is None
+    assert bad["voiceStatus"].startswith("Voice: none"), bad["voiceStatus"]
+    assert bad["voiceOptions"] == 1 and bad["playDisabled"]
+
+
+@needs_browser
+def test_page_voice_dropdown_lists_bundle_voices(page, bundle):
+    m = _manifest(bundle)
+    menu = page["voiceMenu"]
+    assert menu["options"] == ["", *m["voices"]], menu
+    assert menu["selected"] == m["default_voice"]
+    assert menu["voice"] == {"name": m["default_voice"], "kind": "bundle"}
+
+
+@needs_browser
+def test_page_named_voice_matches_python(page, engine, bundle):
+    name = _other_voice(bundle)
+    assert page["named"] == {"voice": {"name": name, "kind": "bundle", "ms": None}, "error": None}
+    voice = engine.load_voice(bundle / _manifest(bundle)["voices"][name]["file"])
+    want = engine.generate(TEXT, voice, temperature=0.0)
+    diff = _assert_close(_samples(page, "voice_named"), want)
+    effect = float(np.abs(want - engine.generate(TEXT, _no_voice(), temperature=0.0)).max())
+    assert diff < effect / 100, (diff, effect)
+
+
+@needs_browser
+def test_page_fits_a_phone_and_labels_every_control(page):
+    assert page["phoneWidth"] <= 390, f"page is {page['phoneWidth']} px wide at a 390 px viewport"
+    assert page["unlabelled"] == [], f"controls without a label: {page['unlabelled']}"
+    assert page["precisionLabel"] == "Precision"
+
+
+@needs_browser
 def test_page_screenshots(page):
-    for name in ("demo.png", "demo-error.png"):
+    for name in ("demo.png", "demo-error.png", "demo-phone.png"):
         data = (OUTPUT / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000

@@ -27,6 +27,19 @@ MIME_TYPES = {
 }
 
 
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True  # Ctrl-C does not wait for open connections
+    verbose = False
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that goes away mid-response (closed tab, reload) is normal: no traceback.
+        Anything else is one line on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        print(f"error serving {client_address[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 class Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
 
@@ -71,7 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     handler = partial(Handler, bundle=args.bundle.resolve())
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler)
+    try:
+        server = Server(("127.0.0.1", args.port), handler)
+    except OSError as e:
+        print(
+            f"error: cannot listen on 127.0.0.1:{args.port} ({e.strerror or e}); "
+            "pass another --port (0 picks a free one)",
+            file=sys.stderr,
+        )
+        return 2
     server.verbose = args.verbose
     host, port = server.server_address[:2]
     print(f"serving http://{host}:{port}/ (bundle {args.bundle} at /bundle/)", flush=True)

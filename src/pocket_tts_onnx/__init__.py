@@ -9,13 +9,21 @@ from pocket_tts_onnx.errors import (
     ExportError,
     InvalidInputError,
     ModelSourceError,
+    NonFiniteError,
     PocketTTSOnnxError,
+    QueueFullError,
     UnsupportedVersionError,
     VerificationError,
     VoiceError,
 )
 from pocket_tts_onnx.manifest import Manifest
-from pocket_tts_onnx.runtime.engine import AudioChunk, PocketTTSOnnx, Voice
+from pocket_tts_onnx.runtime.engine import (
+    NO_VOICE,
+    AudioChunk,
+    GenerationConfig,
+    PocketTTSOnnx,
+    Voice,
+)
 
 __version__ = "0.1.0"
 
@@ -23,11 +31,15 @@ __all__ = [
     "AudioChunk",
     "BundleError",
     "ExportError",
+    "GenerationConfig",
     "InvalidInputError",
     "Manifest",
     "ModelSourceError",
+    "NO_VOICE",
+    "NonFiniteError",
     "PocketTTSOnnx",
     "PocketTTSOnnxError",
+    "QueueFullError",
     "UnsupportedVersionError",
     "VerificationError",
     "Voice",

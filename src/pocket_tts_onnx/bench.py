@@ -5,6 +5,10 @@ runs alternate between contenders, and the report gives medians and ratios vs up
 Upstream is measured on its own streaming path (`generate_audio_stream`, decoder thread
 overlapping) with the same intra-op thread count. EOS is disabled so every run makes the
 same number of frames. Needs the [export] extra (torch + pocket-tts) for upstream.
+
+Two upstream contenders: `upstream` (FP32) and `upstream-int8`, upstream's own quantize mode
+(`TTSModel.load_model(quantize=True)`, `pocket-tts --quantize`) with the backend upstream
+picks on the machine; the report names it. Ratios are given against both.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-CONTENDERS = ("upstream", "fp32", "int8")
+UPSTREAM_CONTENDERS = ("upstream", "upstream-int8")
+CONTENDERS = (*UPSTREAM_CONTENDERS, "fp32", "int8")
 TEXT = "This is a benchmark of streaming speech synthesis on a small computer."
 SOAK_TEXT = " ".join(
     f"Paragraph {i} goes on about the weather, the river and the garden in the morning."
@@ -112,13 +117,16 @@ def _median_ms(times: list[float]) -> float:
 
 
 def _result(
-    *, audio_s, elapsed, first_ms, voice_s, peak_mb, lm_step_ms, mimi_times, frames
+    *, audio_s, elapsed, cpu_s, first_ms, voice_s, peak_mb, lm_step_ms, mimi_times, frames
 ) -> dict:
     """One worker's measurements. `peak_mb` is read right after voice encoding + streaming,
     before the micro-benchmarks (whose 600-position prompt no real run makes);
-    `lm_step_ms(kv)` times flow-LM steps at that KV length."""
+    `lm_step_ms(kv)` times flow-LM steps at that KV length. `cpu_s` is the CPU time of all
+    the worker's threads while streaming: unlike wall time, it barely moves when other
+    processes share the cores."""
     return {
         "x_realtime": audio_s / elapsed,
+        "cpu_s_per_audio_s": cpu_s / audio_s,
         "first_chunk_ms": first_ms,
         "voice_encode_ms": 1000 * voice_s,
         "lm_step_ms": lm_step_ms(KV_SHORT),
@@ -140,6 +148,7 @@ def _upstream_worker(job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     model = load_model(_model_source(job["source"])).model
+    backend = _upstream_quantize(model) if job["contender"] == "upstream-int8" else None
     model.eos_threshold = float("inf")
     frames = job["frames"]
     model._estimate_max_gen_len = lambda token_count: frames  # exactly `frames` per run
@@ -150,12 +159,12 @@ def _upstream_worker(job: dict) -> dict:
         state = model.get_state_for_audio_prompt(audio)
         voice_s = time.perf_counter() - start
 
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         stream = model.generate_audio_stream(state, TEXT)
         first = next(stream)
         first_ms = 1000 * (time.perf_counter() - start)
         samples = first.numel() + sum(c.numel() for c in stream)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         peak_mb = _peak_rss_mb()
 
         def lm_step_ms(kv: int) -> float:
@@ -180,9 +189,10 @@ def _upstream_worker(job: dict) -> dict:
             mimi.decode_from_latent(latent, mimi_state)
             times.append(time.perf_counter() - t)
             increment_steps(mimi, mimi_state, increment=steps_per_latent)
-        return _result(
+        result = _result(
             audio_s=samples / model.sample_rate,
             elapsed=elapsed,
+            cpu_s=cpu_s,
             first_ms=first_ms,
             voice_s=voice_s,
             peak_mb=peak_mb,
@@ -190,11 +200,26 @@ def _upstream_worker(job: dict) -> dict:
             mimi_times=times,
             frames=samples // int(mimi.frame_size),
         )
+    if backend is not None:
+        result["backend"] = backend
+    return result
+
+
+def _upstream_quantize(model) -> str:
+    """Upstream's INT8 mode, applied as `TTSModel.load_model(quantize=True)` applies it once
+    the weights are loaded; returns the backend upstream picked (and torch's engine)."""
+    import torch
+    from pocket_tts import quantization
+
+    backend = quantization._get_backend()
+    quantization.apply_dynamic_int8(model.flow_lm, quantization.RECOMMENDED_CONFIG)
+    if backend == "torch.ao":
+        backend += f" ({torch.backends.quantized.engine} engine)"
+    return backend
 
 
 def _engine_worker(job: dict) -> dict:
     from pocket_tts_onnx import PocketTTSOnnx
-    from pocket_tts_onnx.runtime.engine import _Decoder
 
     tts = PocketTTSOnnx.load(job["bundle"], precision=job["contender"], threads=job["threads"])
     m = tts.manifest
@@ -203,31 +228,36 @@ def _engine_worker(job: dict) -> dict:
     voice_s = time.perf_counter() - start
     inf = float("inf")
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     stream = tts.stream(TEXT, voice, eos_threshold=inf, max_frames=job["frames"], seed=0)
     first = next(stream)
     first_ms = 1000 * (time.perf_counter() - start)
     samples = first.samples.size + sum(c.samples.size for c in stream)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     peak_mb = _peak_rss_mb()
 
     rng = np.random.default_rng(0)
-    params = tts._params(eos_threshold=inf)
+    config = tts.generation_config(eos_threshold=inf)
+    flow_lm, sampler = tts.graphs["flow_lm_main"], tts.sampler
 
     def lm_step_ms(kv: int) -> float:
         prompt = rng.standard_normal((1, kv, m.d_model)).astype(np.float32)
-        _, _, states = tts._flow_lm(tts.empty_state(), tts._empty_sequence(), prompt)
+        empty = np.zeros((1, 0, m.latent_dim), dtype=np.float32)
+        _, states = flow_lm.step({"sequence": empty, "text_embeddings": prompt}, tts.empty_state())
         x = np.full((1, 1, m.latent_dim), np.nan, dtype=np.float32)
         no_text = np.zeros((1, 0, m.d_model), dtype=np.float32)
         times = []
         for _ in range(STEPS):
             t = time.perf_counter()
-            conditioning, _, states = tts._flow_lm(states, x, no_text)
-            x = tts._sample(conditioning, params, rng)[:, None, :]
+            out, states = flow_lm.step({"sequence": x, "text_embeddings": no_text}, states)
+            latent = sampler.sample(
+                out["conditioning"], rng, config.temperature, config.noise_clamp, config.lsd_steps
+            )
+            x = latent[:, None, :]
             times.append(time.perf_counter() - t)
         return _median_ms(times)
 
-    decoder = _Decoder(tts)
+    decoder = tts.new_decoder()
     times = []
     for _ in range(STEPS):
         latent = rng.standard_normal((1, m.latent_dim)).astype(np.float32)
@@ -237,6 +267,7 @@ def _engine_worker(job: dict) -> dict:
     result = _result(
         audio_s=samples / tts.sample_rate,
         elapsed=elapsed,
+        cpu_s=cpu_s,
         first_ms=first_ms,
         voice_s=voice_s,
         peak_mb=peak_mb,
@@ -244,9 +275,47 @@ def _engine_worker(job: dict) -> dict:
         mimi_times=times,
         frames=samples // m.samples_per_latent,
     )
+    result.update(_fastkv_lm_steps(tts, config))
     if job.get("soak_minutes"):
         result.update(_soak(tts, voice, job["soak_minutes"]))
     return result
+
+
+def _fastkv_lm_steps(tts, config) -> dict:
+    """Flow-LM step times through the fast-KV variant `flow_lm_step` (K/V rows kept in
+    preallocated buffers, only new rows returned), when the bundle has it."""
+    if "flow_lm_step" not in tts.manifest.graphs:
+        return {}
+    from pocket_tts_onnx.runtime.kv_buffer import KVBuffers
+
+    m, graph, rng = tts.manifest, tts.graphs["flow_lm_step"], np.random.default_rng(0)
+    names = list(graph.output_names)
+
+    def call(buffers, sequence, text) -> dict:
+        feeds = buffers.prepare(slice(0, 1), sequence.shape[1] + text.shape[1])
+        values = graph.session.run(names, {"sequence": sequence, "text_embeddings": text, **feeds})
+        out = dict(zip(names, values, strict=True))
+        buffers.append(slice(0, 1), out)
+        return out
+
+    def step_ms(kv: int) -> float:
+        buffers = KVBuffers(graph.spec, rows=1, capacity=kv + STEPS + 1)
+        prompt = rng.standard_normal((1, kv, m.d_model)).astype(np.float32)
+        call(buffers, np.zeros((1, 0, m.latent_dim), dtype=np.float32), prompt)
+        x = np.full((1, 1, m.latent_dim), np.nan, dtype=np.float32)
+        no_text = np.zeros((1, 0, m.d_model), dtype=np.float32)
+        times = []
+        for _ in range(STEPS):
+            t = time.perf_counter()
+            out = call(buffers, x, no_text)
+            latent = tts.sampler.sample(
+                out["conditioning"], rng, config.temperature, config.noise_clamp, config.lsd_steps
+            )
+            x = latent[:, None, :]
+            times.append(time.perf_counter() - t)
+        return _median_ms(times)
+
+    return {"lm_step_fastkv_ms": step_ms(KV_SHORT), "lm_step_fastkv_kv600_ms": step_ms(KV_LONG)}
 
 
 def _soak(tts, voice, minutes: float) -> dict:
@@ -270,7 +339,7 @@ def _soak(tts, voice, minutes: float) -> dict:
 
 def worker_main(job_json: str) -> None:
     job = json.loads(job_json)
-    run = _upstream_worker if job["contender"] == "upstream" else _engine_worker
+    run = _upstream_worker if job["contender"] in UPSTREAM_CONTENDERS else _engine_worker
     print("BENCH-RESULT " + json.dumps(run(job)), flush=True)
 
 
@@ -288,23 +357,50 @@ def _run_worker(job: dict) -> dict:
 
 
 def _machine() -> dict:
-    flags: set[str] = set()
-    model = platform.processor()
+    """CPU model, cores and the ISA extensions that decide INT8/FP32 kernel speed (lscpu when
+    present, /proc/cpuinfo otherwise), and the measured memory bandwidth."""
+    info: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        info = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in out.splitlines())}
+    except (OSError, subprocess.SubprocessError):
         pass
-    wanted = ["avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"]
+    model = info.get("Model name", platform.processor())
+    flags = set(info.get("Flags", "").split())
+    if not flags:
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+        except OSError:
+            pass
+    wanted = ["avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+              "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"]  # fmt: skip
     return {
         "cpu": model,
         "cores": os.cpu_count(),
+        "threads_per_core": info.get("Thread(s) per core"),
+        "hypervisor": info.get("Hypervisor vendor"),
         "flags": [f for f in wanted if f in flags],
+        "memory_copy_gb_s": _memory_bandwidth(),
         "python": platform.python_version(),
     }
+
+
+def _memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+    """GB/s copied by one thread: numpy copy of a `mib` MiB array (far beyond the caches),
+    best of `repeats`. Each byte copied is read once and written once, so the traffic is twice
+    this. The flow LM reads its weights and K/V cache every step, so this bounds step time."""
+    src = np.ones(mib * 2**20 // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return src.nbytes / best / 1e9
 
 
 def _versions() -> dict:
@@ -338,11 +434,15 @@ def _ensure_bundle(args, source: dict, progress) -> Path:
 
 METRICS = [
     ("x_realtime", "throughput (x realtime)", "{:.2f}"),
+    ("cpu_s_per_audio_s", "CPU seconds per audio second, all threads", "{:.3f}"),
     ("first_chunk_ms", "first audio chunk (ms)", "{:.0f}"),
     ("voice_encode_ms", f"voice prompt encoding, {VOICE_SECONDS:.0f} s audio (ms)", "{:.0f}"),
     ("lm_step_ms", f"flow-LM step incl. head, KV {KV_SHORT} (ms)", "{:.2f}"),
     ("lm_step_kv600_ms", f"flow-LM step incl. head, KV {KV_LONG} (ms)", "{:.2f}"),
     ("kv_growth", f"step time KV {KV_LONG} / KV {KV_SHORT}", "{:.2f}"),
+    ("lm_step_fastkv_ms", f"fast-KV step (flow_lm_step), KV {KV_SHORT} (ms)", "{:.2f}"),
+    ("lm_step_fastkv_kv600_ms", f"fast-KV step (flow_lm_step), KV {KV_LONG} (ms)", "{:.2f}"),
+    ("kv_growth_fastkv", f"fast-KV step time KV {KV_LONG} / KV {KV_SHORT}", "{:.2f}"),
     ("mimi_frame_ms", "Mimi decode per 80 ms frame (ms)", "{:.2f}"),
     ("peak_rss_mb", "peak RSS: load, voice, stream (MB)", "{:.0f}"),
 ]
@@ -357,32 +457,39 @@ def _report(results: dict[str, list[dict]], meta: dict) -> tuple[str, dict]:
             if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None
         }
         med["kv_growth"] = med["lm_step_kv600_ms"] / med["lm_step_ms"]
+        if "lm_step_fastkv_ms" in med:
+            med["kv_growth_fastkv"] = med["lm_step_fastkv_kv600_ms"] / med["lm_step_fastkv_ms"]
         medians[contender] = med
-    ratios = {}
-    if "upstream" in medians:
-        up = medians["upstream"]
+    bases = [b for b in UPSTREAM_CONTENDERS if b in medians]
+    ratios: dict[str, dict[str, float]] = {c: {} for c in medians} if bases else {}
+    for base in bases:
+        up = medians[base]
         for c, med in medians.items():
-            ratios[c] = {
-                "throughput_vs_upstream": med["x_realtime"] / up["x_realtime"],
-                "first_chunk_vs_upstream": med["first_chunk_ms"] / up["first_chunk_ms"],
-                "peak_rss_vs_upstream": med["peak_rss_mb"] / up["peak_rss_mb"],
-            }
+            ratios[c].update(
+                {
+                    f"throughput_vs_{base}": med["x_realtime"] / up["x_realtime"],
+                    f"cpu_efficiency_vs_{base}": up["cpu_s_per_audio_s"] / med["cpu_s_per_audio_s"],
+                    f"first_chunk_vs_{base}": med["first_chunk_ms"] / up["first_chunk_ms"],
+                    f"peak_rss_vs_{base}": med["peak_rss_mb"] / up["peak_rss_mb"],
+                }
+            )
     names = list(medians)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key, label, fmt in METRICS:
         cells = [fmt.format(medians[c][key]) if key in medians[c] else "-" for c in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if ratios:
+    for base in bases:
         for key, label in (
-            ("throughput_vs_upstream", "throughput vs upstream"),
-            ("first_chunk_vs_upstream", "first chunk vs upstream"),
-            ("peak_rss_vs_upstream", "peak RSS vs upstream"),
+            (f"throughput_vs_{base}", f"throughput vs {base}"),
+            (f"cpu_efficiency_vs_{base}", f"audio per CPU second vs {base}"),
+            (f"first_chunk_vs_{base}", f"first chunk vs {base}"),
+            (f"peak_rss_vs_{base}", f"peak RSS vs {base}"),
         ):
             lines.append(
                 f"| **{label}** | " + " | ".join(f"{ratios[c][key]:.2f}x" for c in names) + " |"
             )
     soak = {k: v for k, v in medians.get("int8", {}).items() if k.startswith("rss_after")}
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + _targets(medians, ratios)
     if soak:
         text += (
             "\nINT8 engine RSS while streaming: "
@@ -393,6 +500,28 @@ def _report(results: dict[str, list[dict]], meta: dict) -> tuple[str, dict]:
             + "\n"
         )
     return text, {"medians": medians, "ratios": ratios, "per_run": results, **meta}
+
+
+# Issue 10's targets: (contender, metric, comparison, bound, description).
+TARGETS = [
+    ("int8", "throughput_vs_upstream-int8", ">=", 3.0, "INT8 throughput >= 3x upstream-int8"),
+    ("int8", "first_chunk_vs_upstream-int8", "<=", 1 / 3, "INT8 first chunk <= 1/3 upstream-int8"),
+    ("fp32", "throughput_vs_upstream", ">=", 1.5, "FP32 throughput >= 1.5x upstream fp32"),
+    ("int8", "kv_growth", "<=", 1.15, f"INT8 step KV {KV_LONG} / KV {KV_SHORT} <= 1.15x"),
+    ("int8", "kv_growth_fastkv", "<=", 1.15, "same, fast-KV step (flow_lm_step)"),
+    ("int8", "peak_rss_vs_upstream-int8", "<=", 1 / 3, "INT8 peak RSS <= 1/3 upstream-int8"),
+]
+
+
+def _targets(medians: dict, ratios: dict) -> str:
+    lines = []
+    for contender, key, op, bound, label in TARGETS:
+        value = ratios.get(contender, {}).get(key, medians.get(contender, {}).get(key))
+        if value is None:
+            continue
+        met = value >= bound if op == ">=" else value <= bound
+        lines.append(f"- {label}: {value:.2f}x, {'met' if met else '**missed**'}")
+    return "\nTargets (issue 10):\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def run_bench(args) -> None:
@@ -411,6 +540,7 @@ def run_bench(args) -> None:
     source = _source_dict(args)
     bundle = _ensure_bundle(args, source, progress)
     results: dict[str, list[dict]] = {c: [] for c in contenders}
+    load_before = os.getloadavg()[0]  # other work on the machine skews every timing
     for run in range(args.runs):
         for contender in contenders:  # alternate, so drift hits everyone alike
             progress(f"run {run + 1}/{args.runs}: {contender}")
@@ -436,6 +566,7 @@ def run_bench(args) -> None:
         for r in results["int8"]:
             r.update({k: v for k, v in soak.items() if k.startswith(("rss_after", "soak_"))})
     meta = {
+        "load_average_1min": [load_before, os.getloadavg()[0]],
         "machine": _machine(),
         "versions": _versions(),
         "threads": args.threads,
@@ -449,11 +580,18 @@ def run_bench(args) -> None:
 
     random_bundle = Manifest.load(bundle).random_weights
     weights = "random weights, so no speech" if random_bundle else "real weights"
+    machine = meta["machine"]
+    backends = {r["backend"] for r in results.get("upstream-int8", []) if "backend" in r}
     header = (
-        f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores "
-        f"({', '.join(meta['machine']['flags'])}); intra-op threads per contender: "
-        f"{args.threads}; {args.frames} frames per run, median of {args.runs} runs; "
-        f"{weights}.\n\n"
+        f"Machine: {machine['cpu']}, {machine['cores']} cores "
+        f"({', '.join(machine['flags'])}); memory bandwidth {machine['memory_copy_gb_s']:.1f} "
+        "GB/s (one-thread numpy copy of 256 MiB, best of 5; read + write traffic is twice "
+        f"that); intra-op threads per contender: {args.threads}; {args.frames} frames per "
+        f"run, median of {args.runs} runs, contenders alternating, each in its own process; "
+        f"{weights}; load average {meta['load_average_1min'][0]:.1f} before, "
+        f"{meta['load_average_1min'][1]:.1f} after."
+        + (f" upstream-int8 backend: {', '.join(sorted(backends))}." if backends else "")
+        + "\n\n"
     )
     (args.output / "bench.md").write_text(header + table)
     (args.output / "bench.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -7,6 +7,8 @@ raises on purpose is printed as one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,11 @@ from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError
 def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="export an upstream model to an ONNX bundle")
     src = p.add_argument_group("model source (default: --language english)")
-    src.add_argument("--language", help="a config shipped with pocket-tts (e.g. english, french)")
+    src.add_argument(
+        "--language",
+        help="a config shipped with pocket-tts, e.g. english, french (default: english when "
+        "no other source is given)",
+    )
     src.add_argument("--config", type=Path, help="a custom pocket-tts YAML config")
     src.add_argument("--weights", type=Path, help="safetensors weights for --config")
     src.add_argument("--checkpoint", type=Path, help="training checkpoint (.pt) for --config")
@@ -28,43 +34,94 @@ def _export_parser(sub) -> None:
         action="store_true",
         help="seeded random weights (the architecture only; offline)",
     )
-    src.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
+    src.add_argument("--seed", type=int, default=0, help="seed for --random-init (default: 0)")
     src.add_argument(
         "--demo",
         action="store_true",
         help="the embedded tiny random-weight model (offline, seconds)",
     )
-    p.add_argument("--output", type=Path, default=Path("onnx"), help="bundle directory")
-    p.add_argument("--quantize", action="store_true", help="also write INT8 graphs")
-    p.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("onnx"),
+        help="bundle directory; your own files in it are kept (default: onnx)",
+    )
+    p.add_argument("--quantize", action="store_true", help="also write INT8 graphs (default: off)")
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip the parity check (default: verify)"
+    )
+    p.add_argument(
+        "--voices",
+        default="all",
+        help="predefined voices to ship: all (default: the language's catalog; the default "
+        "voice only for custom or random weights), none, or NAME,NAME,...",
+    )
+
+
+_BUNDLE_HELP = "bundle directory written by export (default: onnx)"
+# One default everywhere, the API's: `voice` then computes exactly the states `say --voice
+# ref.wav` computes on the fly, so a saved voice sounds the same as the audio it came from.
+_PRECISION_HELP = "graph precision; int8 needs an export with --quantize (default: int8)"
 
 
 def _say_parser(sub) -> None:
     p = sub.add_parser("say", help="synthesize speech to a WAV file")
     p.add_argument("text", nargs="?", help="text to speak ('-' or omitted: stdin)")
-    p.add_argument("--text-file", type=Path, help="read the text from this file")
-    p.add_argument("--bundle", type=Path, default=Path("onnx"))
-    p.add_argument("--out", type=Path, default=Path("out.wav"))
-    p.add_argument("--voice", type=Path, help="voice prompt audio, or a .npz/.safetensors voice")
-    p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--lsd-steps", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-frames", type=int)
+    p.add_argument("--text-file", type=Path, help="read the text from this UTF-8 file")
+    p.add_argument("--bundle", type=Path, default=Path("onnx"), help=_BUNDLE_HELP)
+    p.add_argument(
+        "--out", type=Path, default=Path("out.wav"), help="WAV file to write (default: out.wav)"
+    )
+    p.add_argument(
+        "--voice",
+        type=Path,
+        help="a voice name from the bundle (see `voices`), voice prompt audio, or a "
+        ".npz/.safetensors voice (default: the bundle's default voice, if any)",
+    )
+    p.add_argument("--precision", choices=["int8", "fp32"], default="int8", help=_PRECISION_HELP)
+    p.add_argument(
+        "--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's)"
+    )
+    p.add_argument(
+        "--temperature", type=float, help="sampling temperature (default: the bundle manifest's)"
+    )
+    p.add_argument(
+        "--lsd-steps", type=int, help="flow-head decode steps (default: the bundle manifest's)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="random seed; with it the audio is bit-reproducible (generated in one pass, not "
+        "streamed) (default: none, a fresh draw per run)",
+    )
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        help="latents per chunk (default: upstream's estimate from the text length)",
+    )
 
 
 def _voice_parser(sub) -> None:
     p = sub.add_parser("voice", help="precompute a voice from audio")
-    p.add_argument("audio", type=Path)
-    p.add_argument("--bundle", type=Path, default=Path("onnx"))
-    p.add_argument("--out", type=Path, default=Path("voice.npz"))
-    p.add_argument("--precision", choices=["int8", "fp32"], default="fp32")
+    p.add_argument("audio", type=Path, help="voice prompt audio (WAV, FLAC, OGG...)")
+    p.add_argument("--bundle", type=Path, default=Path("onnx"), help=_BUNDLE_HELP)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("voice.npz"),
+        help="voice file to write, loads with say --voice (default: voice.npz)",
+    )
+    p.add_argument("--precision", choices=["int8", "fp32"], default="int8", help=_PRECISION_HELP)
     p.add_argument(
         "--no-truncate",
         action="store_true",
         help="encode the whole prompt (default: only its first 30 s)",
     )
+
+
+def _voices_parser(sub) -> None:
+    p = sub.add_parser("voices", help="list the voices shipped in a bundle")
+    p.add_argument("--bundle", type=Path, default=Path("onnx"))
 
 
 def _bench_parser(sub) -> None:
@@ -74,13 +131,22 @@ def _bench_parser(sub) -> None:
     add_arguments(p)
 
 
+def _serve_parser(sub) -> None:
+    from pocket_tts_onnx.serve.cli import add_arguments
+
+    p = sub.add_parser("serve", help="streaming HTTP API and web demo (needs [serve])")
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pocket-tts-onnx", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _export_parser(sub)
     _say_parser(sub)
     _voice_parser(sub)
+    _voices_parser(sub)
     _bench_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -92,9 +158,17 @@ def _mb(path: Path) -> float:
     return path.stat().st_size / 1e6
 
 
+def _saved(fp32: float, int8: float) -> str:
+    """Size saved by INT8 as a whole percentage; integer rounding never prints "-0%"."""
+    return f"{round(100 * (1 - int8 / fp32)) if fp32 else 0}%"
+
+
 def run_export(args) -> None:
     from pocket_tts_onnx.export.loading import ModelSource
     from pocket_tts_onnx.export.pipeline import export_bundle
+    from pocket_tts_onnx.export.voices import parse_voices_option
+
+    voices = parse_voices_option(args.voices)  # before the export: a typo fails fast
 
     language = args.language
     if language is None and args.config is None and not args.demo:
@@ -115,10 +189,12 @@ def run_export(args) -> None:
         quantize=args.quantize,
         verify=not args.no_verify,
         progress=_progress,
+        voices=voices,
     )
     by_graph = {r.graph: r for r in reports}
+    w = max(18, *(len(name) + 2 for name in manifest.graphs))
     print(
-        f"\n{'graph':<18}{'fp32 MB':>9}{'int8 MB':>9}{'saved':>7}{'fp32 err':>11}"
+        f"\n{'graph':<{w}}{'fp32 MB':>9}{'int8 MB':>9}{'saved':>7}{'fp32 err':>11}"
         f"{'tol':>7}{'int8 relL2':>12}"
     )
     for name, entry in manifest.graphs.items():
@@ -128,8 +204,8 @@ def run_export(args) -> None:
         err = f"{report.worst_fp32:.2e}" if report else "skipped"
         l2 = max(report.int8_rel_l2.values()) if report and report.int8_rel_l2 else None
         print(
-            f"{name:<18}{fp32:>9.1f}"
-            + (f"{int8:>9.1f}{1 - int8 / fp32:>7.0%}" if int8 is not None else f"{'-':>9}{'-':>7}")
+            f"{name:<{w}}{fp32:>9.1f}"
+            + (f"{int8:>9.1f}{_saved(fp32, int8):>7}" if int8 is not None else f"{'-':>9}{'-':>7}")
             + f"{err:>11}{entry.spec.tolerance:>7.0e}"
             + (f"{l2:>12.2e}" if l2 is not None else f"{'-':>12}")
         )
@@ -138,51 +214,97 @@ def run_export(args) -> None:
         print("NOTE: random weights - this bundle produces noise, not speech.")
 
 
+def _decode_text(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(
+            f"{where} is not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start}): "
+            "convert it to UTF-8 first, e.g. with iconv"
+        ) from None
+
+
 def _read_text(args) -> str:
     if args.text_file is not None:
         try:
-            return args.text_file.read_text(encoding="utf-8")
+            data = args.text_file.read_bytes()
         except OSError as e:
-            raise InvalidInputError(f"cannot read --text-file {args.text_file}: {e}") from e
+            raise InvalidInputError(
+                f"cannot read --text-file {args.text_file}: {e.strerror or e}"
+            ) from e
+        return _decode_text(data, f"--text-file {args.text_file}")
     if args.text is not None and args.text != "-":
         return args.text
     if sys.stdin is None or sys.stdin.isatty():
         raise InvalidInputError("no text: pass it as an argument, with --text-file, or on stdin")
-    return sys.stdin.read()
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text-only stream (embedding, tests): already decoded
+        return sys.stdin.read()
+    return _decode_text(buffer.read(), "the text on stdin")
+
+
+def _check_out(path: Path) -> None:
+    """Fail before any synthesis when --out cannot be written, so no work is lost."""
+    if path.is_dir():
+        raise InvalidInputError(
+            f"--out {path} is a directory; give a file name, e.g. --out {path / 'out.wav'}"
+        )
+    parent = path.parent
+    if not parent.is_dir():
+        raise InvalidInputError(
+            f"--out {path}: the folder {parent} does not exist; create it or choose another --out"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"--out {path}: the folder {parent} is not writable")
+
+
+# `say --voice X`: X is a file if it exists or has one of these suffixes, else a voice name.
+_AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
 def run_say(args) -> None:
     from pocket_tts_onnx import PocketTTSOnnx
     from pocket_tts_onnx.runtime.audio import write_wav
 
+    _check_out(args.out)
     text = _read_text(args)
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
-    voice = None
+    voice = None  # None: the bundle's default voice, if it has one
     if args.voice is not None:
-        if args.voice.suffix in (".npz", ".safetensors"):
+        suffix = args.voice.suffix.lower()
+        if suffix in (".npz", ".safetensors"):
             voice = tts.load_voice(args.voice)
-        else:
+        elif args.voice.exists() or suffix in _AUDIO_SUFFIXES:
             voice = tts.voice_from_audio(args.voice)
-    start = time.perf_counter()
-    first = None
-    pieces = []
-    for chunk in tts.stream(
-        text,
-        voice,
+        else:  # a name from the bundle (`pocket-tts-onnx voices`); unknown names list them
+            voice = str(args.voice)
+    options = dict(
         temperature=args.temperature,
         lsd_steps=args.lsd_steps,
         seed=args.seed,
         max_frames=args.max_frames,
-    ):
-        first = first if first is not None else time.perf_counter() - start
-        pieces.append(chunk.samples)
+    )
+    start = time.perf_counter()
+    first = None
+    if args.seed is not None:
+        # Streaming decodes whatever latents are ready, so its Mimi call sizes (and the last
+        # float bits) depend on timing; one pass makes `--seed` bit-reproducible.
+        audio = tts.generate(text, voice, **options)
+    else:
+        pieces = []
+        for chunk in tts.stream(text, voice, **options):
+            first = first if first is not None else time.perf_counter() - start
+            pieces.append(chunk.samples)
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     elapsed = time.perf_counter() - start
-    audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     write_wav(args.out, audio, tts.sample_rate)
     duration = audio.shape[0] / tts.sample_rate
+    latency = (
+        f"first audio after {1000 * first:.0f} ms" if first is not None else "one pass: --seed"
+    )
     print(
         f"wrote {args.out}: {duration:.2f} s of audio in {elapsed:.2f} s "
-        f"({duration / elapsed:.1f}x realtime, first audio after {1000 * (first or 0):.0f} ms)"
+        f"({duration / max(elapsed, 1e-9):.1f}x realtime, {latency})"
     )
     if tts.manifest.random_weights:
         print("NOTE: random-weight bundle - the audio is noise, not speech.")
@@ -191,6 +313,7 @@ def run_say(args) -> None:
 def run_voice(args) -> None:
     from pocket_tts_onnx import PocketTTSOnnx
 
+    _check_out(args.out)
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision)
     start = time.perf_counter()
     voice = tts.voice_from_audio(args.audio, truncate=not args.no_truncate)
@@ -198,14 +321,55 @@ def run_voice(args) -> None:
     print(f"wrote {args.out} in {time.perf_counter() - start:.2f} s")
 
 
+def run_voices(args) -> None:
+    from pocket_tts_onnx.manifest import Manifest
+
+    manifest = Manifest.load(args.bundle)
+    if not manifest.voices:
+        print(f"{args.bundle} has no voices (exported with --voices none, or an older bundle)")
+        return
+    width = max(len(name) for name in manifest.voices)
+    for name, entry in manifest.voices.items():
+        mark = "*" if name == manifest.default_voice else " "
+        print(f"{mark} {name:<{width}}  {entry.origin}")
+    print("(* = default voice; use one with: pocket-tts-onnx say TEXT --voice NAME)")
+
+
+# What `export` and `bench` import beyond the runtime (the [export] extra).
+_EXPORT_MODULES = ("torch", "pocket_tts", "onnx", "onnxscript")
+
+
+def _require_export_extra(command: str) -> None:
+    missing = []
+    for module in _EXPORT_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(module)
+    if missing:
+        raise PocketTTSOnnxError(
+            f"`{command}` needs the [export] extra ({', '.join(missing)} not installed): "
+            "install the CPU build of torch, then `pip install -e '.[export]'` (see the "
+            "README's quick start)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"export": run_export, "say": run_say, "voice": run_voice}
+    handlers = {"export": run_export, "say": run_say, "voice": run_voice, "voices": run_voices}
     try:
+        if args.command in ("export", "bench"):
+            _require_export_extra(args.command)
         if args.command == "bench":
             from pocket_tts_onnx.bench import run_bench
 
             run_bench(args)
+        elif args.command == "serve":
+            from pocket_tts_onnx.serve.cli import run as run_serve
+
+            run_serve(args)
         else:
             handlers[args.command](args)
     except PocketTTSOnnxError as e:

@@ -41,3 +41,11 @@ class VerificationError(ExportError):
             f"tolerance {tolerance:.1g}"
         )
         super().__init__(msg + (f" ({detail})" if detail else ""))
+
+
+class QueueFullError(PocketTTSOnnxError):
+    """A batch scheduler already holds as many waiting requests as it may; retry later."""
+
+
+class NonFiniteError(InvalidInputError):
+    """Generation produced NaN/Inf (e.g. an extreme temperature); the message names the cause."""

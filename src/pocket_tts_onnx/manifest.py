@@ -14,7 +14,10 @@ from pocket_tts_onnx.errors import BundleError
 from pocket_tts_onnx.specs import FLOW_TIME_INPUTS, GRAPH_NAMES, GraphSpec
 from pocket_tts_onnx.text import TextRules
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 2 added the flow-LM position counter state, voices and file digests; graphs from a
+# schema-1 bundle lack the counter, so such bundles must be re-exported.
+MIN_SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "int8")
 
@@ -26,6 +29,19 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def resolve_in_bundle(directory: Path, name: str) -> Path:
+    """`directory / name` for a file the manifest names; refuses absolute paths and `..`
+    so a manifest can never make a runtime read files outside its bundle."""
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"manifest names an empty or non-string file: {name!r}")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or name.startswith(("/", "\\")):
+        raise BundleError(
+            f"manifest names {name!r}, which is outside the bundle; re-export the bundle"
+        )
+    return Path(directory) / rel
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,25 @@ class TokenizerInfo:
     kind: str  # "sentencepiece" (.model) or "tokenizers" (tokenizer.json)
     vocab_size: int
     origin: str  # where it came from; says "stand-in" for random-weight exports
+    sha256: str = ""  # digest of `file`; runtimes refuse a tokenizer that does not match
+
+
+@dataclass(frozen=True)
+class VoiceEntry:
+    """A predefined voice shipped in the bundle: flow-LM states in our .npz voice format."""
+
+    file: str  # path inside the bundle, e.g. "voices/alba.npz"
+    sha256: str
+    origin: str  # e.g. upstream's hub file, or "computed from random weights"
+
+
+@dataclass(frozen=True)
+class SherpaOnnxFiles:
+    """The extra files sherpa-onnx's Pocket TTS reads (export/sherpa.py), keyed by the
+    `OfflineTtsPocketModelConfig` argument they go to, e.g. "vocab_json" -> "vocab.json"."""
+
+    files: dict[str, str]  # argument -> file name
+    sha256: dict[str, str]  # file name -> digest
 
 
 @dataclass(frozen=True)
@@ -63,9 +98,23 @@ class GraphEntry:
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> GraphEntry:
-        return cls(
+        entry = cls(
             spec=GraphSpec.from_dict(name, d), files=dict(d["files"]), sha256=dict(d["sha256"])
         )
+        for file in entry.files.values():
+            resolve_in_bundle(Path("."), file)
+            entry.digest(file)
+        return entry
+
+    def digest(self, file: str) -> str:
+        """The sha256 the manifest records for `file`; BundleError (never KeyError) if none."""
+        digest = self.sha256.get(file)
+        if not isinstance(digest, str) or not digest:
+            raise BundleError(
+                f"manifest.json has no sha256 for {file!r} (graph {self.spec.name}): the "
+                "manifest is incomplete; re-export the bundle"
+            )
+        return digest
 
 
 @dataclass(frozen=True)
@@ -91,6 +140,11 @@ class Manifest:
     graphs: dict[str, GraphEntry]
     schema_version: int = SCHEMA_VERSION
     notes: list[str] = field(default_factory=list)
+    voices: dict[str, VoiceEntry] = field(default_factory=dict)
+    # The voice used when a caller gives none (upstream's default for the language), or None.
+    default_voice: str | None = None
+    opset: int = 17
+    sherpa_onnx: SherpaOnnxFiles | None = None  # None: the tokenizer is not a unigram model
 
     @property
     def flow_time_inputs(self) -> tuple[str, ...]:
@@ -117,6 +171,10 @@ class Manifest:
             "text": self.text.to_dict(),
             "tokenizer": asdict(self.tokenizer),
             "graphs": {name: g.to_dict() for name, g in self.graphs.items()},
+            "voices": {name: asdict(v) for name, v in self.voices.items()},
+            "default_voice": self.default_voice,
+            "opset": self.opset,
+            "sherpa_onnx": asdict(self.sherpa_onnx) if self.sherpa_onnx else None,
             "notes": list(self.notes),
         }
 
@@ -130,8 +188,24 @@ class Manifest:
                 f"manifest schema {version} is newer than this pocket-tts-onnx supports "
                 f"({SCHEMA_VERSION}): upgrade pocket-tts-onnx"
             )
+        if version < MIN_SCHEMA_VERSION:
+            raise BundleError(
+                f"manifest schema {version} is older than this pocket-tts-onnx supports "
+                f"({MIN_SCHEMA_VERSION}+): re-export the bundle with `pocket-tts-onnx export`"
+            )
         try:
-            graphs = {name: GraphEntry.from_dict(name, d["graphs"][name]) for name in GRAPH_NAMES}
+            missing = [name for name in GRAPH_NAMES if name not in d["graphs"]]
+            if missing:
+                raise KeyError(f"graphs.{missing[0]}")
+            # The five contract graphs, plus any variants (batched, fast-KV) the bundle has.
+            graphs = {name: GraphEntry.from_dict(name, g) for name, g in d["graphs"].items()}
+            voices = {name: VoiceEntry(**v) for name, v in d.get("voices", {}).items()}
+            # Every file the manifest names must lie inside the bundle.
+            for named in [d["tokenizer"]["file"], *(v.file for v in voices.values())]:
+                resolve_in_bundle(Path("."), named)
+            default_voice = d.get("default_voice")
+            if default_voice is not None and default_voice not in voices:
+                raise ValueError(f"default_voice {default_voice!r} is not among the voices")
             if d["flow_type"] not in FLOW_TIME_INPUTS:
                 raise ValueError(f"unknown flow_type {d['flow_type']!r}")
             return cls(
@@ -154,6 +228,10 @@ class Manifest:
                 tokenizer=TokenizerInfo(**d["tokenizer"]),
                 graphs=graphs,
                 notes=list(d.get("notes", [])),
+                voices=voices,
+                default_voice=default_voice,
+                opset=int(d.get("opset", 17)),
+                sherpa_onnx=SherpaOnnxFiles(**d["sherpa_onnx"]) if d.get("sherpa_onnx") else None,
             )
         except BundleError:
             raise
@@ -173,6 +251,10 @@ class Manifest:
     def load(cls, directory: Path) -> Manifest:
         directory = Path(directory)
         path = directory / MANIFEST_NAME
+        if not directory.exists():
+            from pocket_tts_onnx.bundle_recovery import restore_interrupted
+
+            restore_interrupted(directory)  # an export killed mid-install: put the bundle back
         if not directory.is_dir():
             raise BundleError(f"bundle directory not found: {directory}")
         if not path.is_file():

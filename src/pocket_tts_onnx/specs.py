@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 GRAPH_NAMES = ("text_conditioner", "mimi_encoder", "flow_lm_main", "flow_lm_flow", "mimi_decoder")
+# Variants for our own runtimes, exported beside the contract graphs (docs/state-design.md):
+# the batched fast-KV flow-LM step and the batched Mimi decoder.
+VARIANT_NAMES = ("flow_lm_step", "mimi_decoder_batched")
 
 # Time inputs of one flow-head solver step, by head type (see pocket_tts.models.flow_lm).
 FLOW_TIME_INPUTS = {"lsd": ("s", "t"), "flow_matching": ("t",), "drifting": (), "pointwise": ()}
@@ -60,11 +63,19 @@ class StateSpec:
 
     @property
     def initial_shape(self) -> list[int]:
-        return [0 if isinstance(d, str) else d for d in self.shape]
+        return self.shape_with(0)
 
-    def zeros(self) -> np.ndarray:
-        """The initial value: zeros, every dynamic axis at 0."""
-        return np.zeros(self.initial_shape, dtype=self.dtype)
+    def shape_with(self, dynamic: int, batch: int = 1) -> list[int]:
+        """The shape with every dynamic axis at `dynamic` (a "batch" axis at `batch`)."""
+        return [
+            (batch if d == "batch" else dynamic) if isinstance(d, str) else d for d in self.shape
+        ]
+
+    def zeros(self, dynamic: int = 0, batch: int = 1) -> np.ndarray:
+        """The initial value: zeros, dynamic axes at 0 by default. Any other length gives the
+        same results (junk rows are masked by position), which runtimes such as sherpa-onnx
+        that start dynamic axes at 1 rely on."""
+        return np.zeros(self.shape_with(dynamic, batch), dtype=self.dtype)
 
     def from_upstream_cache(self, cache: np.ndarray, filled: int) -> np.ndarray:
         """This "cache.k"/"cache.v" state from upstream's cache [2, B, T, H, d] holding
@@ -89,29 +100,76 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class BufferSpec:
+    """A K/V buffer of the fast-KV step graph: input `name` [B, H_kv, capacity, d] is read
+    only (row b valid at [0, position[b])); output `output_name` [B, H_kv, new, d] holds
+    only the new rows, which the runtime writes at position[b]. `state` names the matching
+    flow_lm_main state, so a voice (contract states) fills the buffer by name."""
+
+    name: str
+    output_name: str
+    state: str
+    upstream_module: str
+    upstream_key: str
+    dtype: str
+    shape: list[int | str]
+
+    def input_spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.dtype, self.shape)
+
+    def output_spec(self) -> TensorSpec:
+        return TensorSpec(self.output_name, self.dtype, [*self.shape[:2], "new", self.shape[3]])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BufferSpec:
+        return cls(**{**d, "shape": list(d["shape"])})
+
+
+@dataclass(frozen=True)
 class GraphSpec:
     name: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     states: list[StateSpec] = field(default_factory=list)
     tolerance: float = FP32_RELATIVE_TOLERANCE
+    buffers: list[BufferSpec] = field(default_factory=list)
 
     @property
     def all_inputs(self) -> list[TensorSpec]:
-        return self.inputs + [s.input_spec() for s in self.states]
+        return (
+            self.inputs
+            + [s.input_spec() for s in self.states]
+            + [b.input_spec() for b in self.buffers]
+        )
 
     @property
     def all_outputs(self) -> list[TensorSpec]:
-        return self.outputs + [s.output_spec() for s in self.states]
+        return (
+            self.outputs
+            + [s.output_spec() for s in self.states]
+            + [b.output_spec() for b in self.buffers]
+        )
 
-    def initial_states(self) -> dict[str, np.ndarray]:
-        return {s.name: s.zeros() for s in self.states}
+    def counter_value(self, states: dict[str, np.ndarray]) -> int | None:
+        """The position counter among `states` (the state with upstream key "offset"), or
+        None when the graph has none."""
+        for s in self.states:
+            if s.upstream_key == "offset":
+                return int(np.asarray(states[s.name]).reshape(-1)[0])
+        return None
+
+    def initial_states(self, dynamic: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
+        return {s.name: s.zeros(dynamic, batch) for s in self.states}
 
     def to_dict(self) -> dict:
         return {
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "states": [s.to_dict() for s in self.states],
+            "buffers": [b.to_dict() for b in self.buffers],
             "tolerance": self.tolerance,
         }
 
@@ -123,7 +181,32 @@ class GraphSpec:
             outputs=[TensorSpec.from_dict(t) for t in d["outputs"]],
             states=[StateSpec.from_dict(s) for s in d["states"]],
             tolerance=float(d["tolerance"]),
+            buffers=[BufferSpec.from_dict(b) for b in d.get("buffers", [])],
         )
+
+
+def _batched_state(spec: StateSpec) -> StateSpec:
+    return StateSpec(**{**spec.to_dict(), "shape": ["batch", *spec.shape[1:]]})
+
+
+def step_buffers(flow_lm_states: list[StateSpec]) -> list[BufferSpec]:
+    """One read-only buffer per K/V state of flow_lm_main (its counter becomes `position`)."""
+    buffers = []
+    for i, state in enumerate(s for s in flow_lm_states if s.upstream_key.startswith("cache.")):
+        part = state.upstream_key.removeprefix("cache.")
+        layer = i // 2
+        buffers.append(
+            BufferSpec(
+                name=f"cache_{part}_{layer}",
+                output_name=f"new_{part}_{layer}",
+                state=state.name,
+                upstream_module=state.upstream_module,
+                upstream_key=state.upstream_key,
+                dtype=state.dtype,
+                shape=["batch", state.shape[1], "capacity", state.shape[3]],
+            )
+        )
+    return buffers
 
 
 def build_graph_specs(
@@ -172,6 +255,25 @@ def build_graph_specs(
             [TensorSpec("latent", f32, [1, "frames", latent_dim])],
             [TensorSpec("audio_frame", f32, [1, 1, "samples"])],
             states=mimi_decoder_states,
+        ),
+        GraphSpec(
+            "flow_lm_step",
+            [
+                TensorSpec("sequence", f32, ["batch", "steps", latent_dim]),
+                TensorSpec("text_embeddings", f32, ["batch", "tokens", d_model]),
+                TensorSpec("position", "int64", ["batch"]),
+            ],
+            [
+                TensorSpec("conditioning", f32, ["batch", head_dim]),
+                TensorSpec("eos_logit", f32, ["batch", 1]),
+            ],
+            buffers=step_buffers(flow_lm_states),
+        ),
+        GraphSpec(
+            "mimi_decoder_batched",
+            [TensorSpec("latent", f32, ["batch", "frames", latent_dim])],
+            [TensorSpec("audio_frame", f32, ["batch", 1, "samples"])],
+            states=[_batched_state(s) for s in mimi_decoder_states],
         ),
     ]
     return {s.name: s for s in specs}

@@ -10,9 +10,11 @@ quirks included; each quirk is pointed out where it happens.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,8 @@ __all__ = [
     "TextChunk",
     "TextRules",
     "estimate_max_frames",
+    "iter_chunk_tokens",
+    "iter_chunks",
     "prepare_chunk",
     "split_into_chunks",
     "text_to_chunk_tokens",
@@ -215,61 +219,89 @@ def split_into_chunks(text: str, tokenizer: Tokenizer, rules: TextRules) -> list
     pieces are packed greedily into chunks of at most `max_tokens_per_chunk` tokens (a
     single piece may exceed it). The chunks are decoded text, not yet prepared.
     """
-    limit = rules.max_tokens_per_chunk
+    return list(iter_chunks(text, tokenizer, rules))
+
+
+def iter_chunks(text: str, tokenizer: Tokenizer, rules: TextRules) -> Iterator[str]:
+    """`split_into_chunks` as an iterator: linear in the text, and each chunk is ready after
+    work proportional to it, so the first audio of a book does not wait for the last page.
+
+    The prompt is prepared and tokenized whole here (one linear pass each, and bad input
+    raises now, in the caller's thread); cutting, decoding and packing happen as chunks are
+    taken.
+    """
     prepared, _ = prepare_chunk(text, rules)
     ids = tokenizer.encode(prepared.strip())
-
     sentence_marks = set(tokenizer.encode(_SENTENCE_MARKS_PROBE)[1:])
-    cuts = _cut_points(ids, sentence_marks, tokenizer, keep_decimals=True)
-    sentences = _decode_pieces(ids, cuts, tokenizer)
-
     clause_marks = set(tokenizer.encode(_CLAUSE_MARKS_PROBE)[1:])
-    pieces: list[tuple[int, str]] = []
-    for count, sentence in sentences:
+    pieces = _iter_pieces(ids, sentence_marks, clause_marks, tokenizer, rules.max_tokens_per_chunk)
+    return _iter_packed(pieces, tokenizer, rules.max_tokens_per_chunk)
+
+
+def _iter_pieces(
+    ids: list[int],
+    sentence_marks: set[int],
+    clause_marks: set[int],
+    tokenizer: Tokenizer,
+    limit: int,
+) -> Iterator[tuple[int, str]]:
+    """(token count, text) of each sentence, overlong ones cut after clause marks."""
+    for start, end in _iter_spans(ids, sentence_marks, tokenizer, keep_decimals=True):
+        count, sentence = end - start, tokenizer.decode(ids[start:end])
         if count > limit:
             # Re-tokenized from the decoded text, so the counts may differ from the
             # sentence's own tokens (upstream does the same).
             sub_ids = tokenizer.encode(sentence.strip())
-            clauses = _decode_pieces(sub_ids, _cut_points(sub_ids, clause_marks), tokenizer)
+            clauses = [
+                (b - a, tokenizer.decode(sub_ids[a:b]))
+                for a, b in _iter_spans(sub_ids, clause_marks)
+            ]
             if len(clauses) > 1:
-                pieces.extend(clauses)
+                yield from clauses
                 continue
-        pieces.append((count, sentence))
+        yield count, sentence
 
-    chunks: list[str] = []
-    current, current_count = "", 0
+
+def _iter_packed(
+    pieces: Iterator[tuple[int, str]], tokenizer: Tokenizer, limit: int
+) -> Iterator[str]:
+    """Greedy packing of pieces into chunks of at most `limit` tokens, as upstream."""
+    current: list[str] = []  # joined with " " when the chunk is complete
+    current_count = 0
     for count, piece in pieces:
-        if current == "":
+        if not current or current == [""]:
             # Quirk kept: the test is on the text, so a piece that decoded to "" is
             # replaced (token count included) by the next one.
-            current, current_count = piece, count
+            current, current_count = [piece], count
         elif current_count + count > limit:
-            chunks.append(current.strip())
-            current, current_count = piece, count
+            yield _checked_chunk(" ".join(current).strip(), tokenizer, limit)
+            current, current_count = [piece], count
         else:
-            current += " " + piece
+            current.append(piece)
             current_count += count
-    if current != "":
-        chunks.append(current.strip())
-
-    for chunk in chunks:
-        n = len(tokenizer.encode(chunk.strip()))
-        if n > limit:
-            logger.warning(
-                "chunk has %d tokens (limit %d), the model may skip words: %.50r", n, limit, chunk
-            )
-    return chunks
+    if current and current != [""]:
+        yield _checked_chunk(" ".join(current).strip(), tokenizer, limit)
 
 
-def _cut_points(
+def _checked_chunk(chunk: str, tokenizer: Tokenizer, limit: int) -> str:
+    n = len(tokenizer.encode(chunk.strip()))
+    if n > limit:
+        logger.warning(
+            "chunk has %d tokens (limit %d), the model may skip words: %.50r", n, limit, chunk
+        )
+    return chunk
+
+
+def _iter_spans(
     ids: list[int],
     marks: set[int],
     tokenizer: Tokenizer | None = None,
     keep_decimals: bool = False,
-) -> list[int]:
-    """Token positions where a piece starts: 0, each first non-mark token after a run of
-    marks (unless it continues a decimal number), and len(ids) as the final end."""
-    cuts = [0]
+) -> Iterator[tuple[int, int]]:
+    """(start, end) token spans of the pieces: a piece ends after a run of marks, unless the
+    next token continues a decimal number. Spans cover `ids` exactly (one empty span if it
+    is empty, like upstream)."""
+    start = 0
     after_mark = False
     for pos, token in enumerate(ids):
         if token in marks:
@@ -278,33 +310,48 @@ def _cut_points(
         if after_mark and not (
             keep_decimals and tokenizer is not None and _continues_decimal(ids, pos, tokenizer)
         ):
-            cuts.append(pos)
+            yield start, pos
+            start = pos
         after_mark = False
-    cuts.append(len(ids))
-    return cuts
+    yield start, len(ids)
 
 
 def _continues_decimal(ids: list[int], pos: int, tokenizer: Tokenizer) -> bool:
     """True when the text before `pos` ends in digit + "." and the text from `pos` starts
     with a digit. Both sides are decoded separately, as upstream does; since decoding drops
-    a leading word boundary, "3. 5" also counts as a decimal and is not cut."""
-    before = tokenizer.decode(ids[:pos])
-    after = tokenizer.decode(ids[pos:])
-    return (
-        len(before) >= 2
-        and before[-1] == "."
-        and before[-2].isdigit()
-        and bool(after)
-        and after[0].isdigit()
-    )
+    a leading word boundary, "3. 5" also counts as a decimal and is not cut.
+
+    Upstream decodes the whole prefix and the whole suffix at every boundary (quadratic in
+    the text); only their last two and first character matter, so a few tokens around `pos`
+    are decoded instead, widened until they give enough characters that the edges of the
+    window (a stripped leading space, a split multi-byte character) cannot reach them.
+    """
+    before = _decode_window(ids, pos, tokenizer, backwards=True)
+    if not (len(before) >= 2 and before[-1] == "." and before[-2].isdigit()):
+        return False
+    after = _decode_window(ids, pos, tokenizer, backwards=False)
+    return bool(after) and after[0].isdigit()
 
 
-def _decode_pieces(ids: list[int], cuts: list[int], tokenizer: Tokenizer) -> list[tuple[int, str]]:
-    """(token count, decoded text) of each span between consecutive cut points."""
-    return [
-        (end - start, tokenizer.decode(ids[start:end]))
-        for start, end in zip(cuts[:-1], cuts[1:], strict=True)
-    ]
+# Characters a decoded window must hold so that its edge effects stay away from the
+# characters read (a leading space dropped, up to 3 orphaned UTF-8 bytes, cleanup rules).
+_WINDOW_CHARS = 8
+
+
+def _decode_window(ids: list[int], pos: int, tokenizer: Tokenizer, backwards: bool) -> str:
+    """decode(ids[:pos]) (backwards) or decode(ids[pos:]), exact at the end next to `pos`."""
+    width = _WINDOW_CHARS
+    while True:
+        if backwards:
+            lo, hi = max(0, pos - width), pos
+            whole = lo == 0
+        else:
+            lo, hi = pos, min(len(ids), pos + width)
+            whole = hi == len(ids)
+        text = tokenizer.decode(ids[lo:hi])
+        if whole or len(text) >= _WINDOW_CHARS:
+            return text
+        width *= 2
 
 
 def text_to_chunk_tokens(text: str, tokenizer: Tokenizer, rules: TextRules) -> list[TextChunk]:
@@ -315,21 +362,32 @@ def text_to_chunk_tokens(text: str, tokenizer: Tokenizer, rules: TextRules) -> l
     go on with nothing to condition on: no chunk at all, or a chunk without tokens (text
     made only of characters the tokenizer drops, e.g. control characters).
     """
-    out = []
-    for chunk in split_into_chunks(text, tokenizer, rules):
-        prepared, guess = prepare_chunk(chunk, rules)
-        ids = tokenizer.encode(prepared)
-        if not ids:
-            raise InvalidInputError(
-                f"text chunk {prepared!r} has no tokens the model knows; nothing to synthesize"
-            )
-        out.append(TextChunk(text=prepared, token_ids=ids, frames_after_eos_guess=guess))
-    if not out:
+    return list(iter_chunk_tokens(text, tokenizer, rules))
+
+
+def iter_chunk_tokens(text: str, tokenizer: Tokenizer, rules: TextRules) -> Iterator[TextChunk]:
+    """`text_to_chunk_tokens` as an iterator for streaming: the first chunk is computed
+    before this returns (so empty or unspeakable text raises here, in the caller's thread),
+    the others as they are taken. A later chunk without tokens raises when it is reached."""
+    chunks = iter_chunks(text, tokenizer, rules)
+    first = next(chunks, None)
+    if first is None:
         raise InvalidInputError(
             "text has no tokens the model knows (only characters the tokenizer drops); "
             "nothing to synthesize"
         )
-    return out
+    head = _chunk_tokens(first, tokenizer, rules)
+    return itertools.chain([head], (_chunk_tokens(c, tokenizer, rules) for c in chunks))
+
+
+def _chunk_tokens(chunk: str, tokenizer: Tokenizer, rules: TextRules) -> TextChunk:
+    prepared, guess = prepare_chunk(chunk, rules)
+    ids = tokenizer.encode(prepared)
+    if not ids:
+        raise InvalidInputError(
+            f"text chunk {prepared!r} has no tokens the model knows; nothing to synthesize"
+        )
+    return TextChunk(text=prepared, token_ids=ids, frames_after_eos_guess=guess)
 
 
 def estimate_max_frames(

@@ -144,9 +144,10 @@ export function prepareVoiceAudio(channels, sampleRate, targetRate, minSamples =
 }
 
 /** The 5 ms fade-in on the first samples of a fresh decoder (upstream, fade_in). */
-export function fadeIn(audio, sampleRate) {
+export function fadeIn(audio, sampleRate, seconds = 0.005) {
   const out = Float32Array.from(audio);
-  const n = Math.floor(sampleRate / 200);
+  // manifest.defaults.fade_in_seconds; the epsilon keeps 24000 * 0.005 at 120, not 119.
+  const n = Math.floor(sampleRate * seconds + 1e-9);
   const step = n > 1 ? 1 / (n - 1) : 0;
   for (let i = 0; i < Math.min(n, out.length); i++) {
     out[i] *= Math.fround(i === n - 1 ? 1 : i * step);

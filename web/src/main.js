@@ -1,11 +1,42 @@
-// The demo page: drives the worker, plays chunks as they arrive, measures speed.
+// The demo page: drives the workers, plays chunks as they arrive, measures speed.
 // For automated tests it exposes window.__state ("loading" | "ready" | "generating" |
 // "error"), __lastAudio (Float32Array of the last synthesis), __chunks, __stats, __voice.
+//
+// Two workers by default: the engine (text, flow LM, flow head) sends latents straight to a
+// decoder worker (Mimi), so both run at once. Query options: bundle, precision, threads
+// (ONNX Runtime threads of the engine worker, default 1), dthreads (of the decoder worker,
+// default 1), pipeline=0 (one worker), device=webgpu,
+// fastkv=0 (the contract graph flow_lm_main even when the bundle has flow_lm_step),
+// frames=N (fixed length: maxFrames and no EOS, for benchmarks).
 
 import { encodeWav, parseWav } from "./audio.js";
 
 const $ = (id) => document.getElementById(id);
-const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+const query = new URLSearchParams(location.search);
+const options = {
+  threads: Number(query.get("threads") ?? 1),
+  decoderThreads: Number(query.get("dthreads") ?? 1),
+  pipeline: query.get("pipeline") !== "0",
+  device: query.get("device") ?? "wasm",
+  frames: query.has("frames") ? Number(query.get("frames")) : null,
+  fastKv: query.get("fastkv") !== "0",
+};
+// WebGPU needs ONNX Runtime's WebGPU build: separate worker bundles (see build.mjs).
+const gpu = options.device === "webgpu";
+const worker = gpu
+  ? new Worker(new URL("./worker-webgpu.js", import.meta.url), { type: "module" })
+  : new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+let decoderWorker = null;
+if (options.pipeline) {
+  decoderWorker = gpu
+    ? new Worker(new URL("./decoder-worker-webgpu.js", import.meta.url), { type: "module" })
+    : new Worker(new URL("./decoder-worker.js", import.meta.url), { type: "module" });
+  const channel = new MessageChannel();
+  worker.postMessage({ type: "decoder-port" }, [channel.port1]);
+  decoderWorker.postMessage({ type: "engine-port" }, [channel.port2]);
+}
+let loadsPending = 0; // workers still loading the bundle
+let decoderDevices = {}; // execution provider of the decoder worker's session
 
 let model = null; // info from the worker's "loaded" message
 let audioContext = null;
@@ -30,19 +61,53 @@ function status(message) {
   $("status").textContent = message;
 }
 
+const NO_VOICE = "Voice: none (no prompt).";
+
+// Forget the loaded bundle's voices: a new or failed load must never show the old ones.
+function resetVoices() {
+  const select = $("voice");
+  select.replaceChildren(new Option("none (no voice prompt)", ""));
+  select.disabled = true;
+  $("voice-file").value = "";
+  $("voice-file").disabled = true;
+  $("voice-status").textContent = NO_VOICE;
+  window.__voice = null;
+}
+
+function fillVoices(names, preselected) {
+  const select = $("voice");
+  select.replaceChildren(new Option("none (no voice prompt)", ""));
+  for (const name of names) select.add(new Option(name, name));
+  select.value = preselected ?? "";
+  select.disabled = false;
+}
+
 function load() {
   showError("");
   model = null;
-  $("voice-file").disabled = true;
+  resetVoices();
   $("random-weights").hidden = true;
   setState("loading");
   status(`Loading ${$("bundle-url").value}…`);
-  worker.postMessage({ type: "load", url: $("bundle-url").value.trim(), precision: $("precision").value });
+  const message = {
+    type: "load",
+    url: $("bundle-url").value.trim(),
+    precision: $("precision").value,
+    threads: options.threads,
+    device: options.device,
+    fastKv: options.fastKv,
+  };
+  loadsPending = decoderWorker ? 2 : 1;
+  decoderDevices = {};
+  worker.postMessage(message);
+  decoderWorker?.postMessage({ ...message, threads: options.decoderThreads });
 }
 
 function readParams() {
   const number = (id) => ($(id).value.trim() === "" ? null : Number($(id).value));
-  return { temperature: number("temperature"), lsdSteps: number("lsd-steps"), seed: number("seed") };
+  const params = { temperature: number("temperature"), lsdSteps: number("lsd-steps"), seed: number("seed") };
+  if (options.frames) Object.assign(params, { maxFrames: options.frames, eosThreshold: Infinity });
+  return params;
 }
 
 // Web Audio at the model's rate (the browser resamples to the device). Playback is best
@@ -90,6 +155,7 @@ function play() {
 
 function stop() {
   worker.postMessage({ type: "stop" });
+  decoderWorker?.postMessage({ type: "stop", id: job?.id });
   audioContext?.suspend();
   finish("Stopped.");
 }
@@ -106,6 +172,7 @@ function finish(message) {
     audioS: seconds,
     realtimeFactor: seconds / elapsed,
     chunks: job.pieces.length,
+    profile: job.profile ?? null,
   };
   $("stat-speed").textContent = `${stats.realtimeFactor.toFixed(1)}× realtime (${seconds.toFixed(2)} s of audio in ${elapsed.toFixed(2)} s)`;
   $("stat-audio").textContent = `${seconds.toFixed(2)} s at ${model.sampleRate} Hz`;
@@ -155,33 +222,93 @@ async function chooseVoice() {
       worker.postMessage({ type: "voice-audio", channels, sampleRate, name: file.name });
     }
   } catch (e) {
-    $("voice-status").textContent = "Default voice (no prompt).";
+    $("voice").value = "";
+    $("voice-status").textContent = NO_VOICE;
+    worker.postMessage({ type: "voice-clear" });
     showError(e.message);
-    setState("ready");
   }
 }
 
-worker.onmessage = ({ data }) => {
+// The dropdown shows the voice in use: a bundle voice, "none", or the uploaded file.
+function showVoiceChoice(info) {
+  const select = $("voice");
+  select.querySelector('option[value="__upload__"]')?.remove();
+  if (info && info.kind !== "bundle") {
+    select.add(new Option(`${info.name} (uploaded)`, "__upload__"));
+    select.value = "__upload__";
+  } else {
+    select.value = info ? info.name : "";
+  }
+}
+
+function chooseNamedVoice() {
+  if (!model) return;
+  showError("");
+  $("voice-file").value = "";
+  const name = $("voice").value;
+  if (name === "__upload__") return;
+  $("voice").querySelector('option[value="__upload__"]')?.remove();
+  setState("loading");
+  $("voice-status").textContent = name ? `Loading voice ${name}…` : NO_VOICE;
+  worker.postMessage(name ? { type: "voice-named", name } : { type: "voice-clear" });
+}
+
+function loaded() {
+  window.__model = model;
+  $("random-weights").hidden = !model.randomWeights;
+  $("temperature").value = model.temperature;
+  $("lsd-steps").value = model.lsdSteps;
+  $("voice-file").disabled = !model.voiceCloning;
+  fillVoices(model.voices, model.defaultVoice);
+  window.__voice = model.defaultVoice ? { name: model.defaultVoice, kind: "bundle" } : null;
+  $("voice-status").textContent = model.defaultVoice ? `Voice: ${model.defaultVoice}` : NO_VOICE;
+  status(`Loaded ${$("bundle-url").value} (${model.precision}, ${model.sampleRate} Hz) in ${(model.loadMs / 1000).toFixed(1)} s.`);
+  setState("ready");
+}
+
+function failed(data) {
+  showError(data.message);
+  if (data.during === "load") {
+    model = null;
+    loadsPending = 0;
+    resetVoices();
+    status("No bundle loaded.");
+    setState("error");
+    return;
+  }
+  if (job) ["stat-first", "stat-speed", "stat-audio", "stat-chunks"].forEach((id) => ($(id).textContent = "–"));
+  if (data.during.startsWith("voice")) {
+    $("voice").value = "";
+    $("voice-status").textContent = NO_VOICE;
+    window.__voice = null;
+  }
+  if (job) {
+    worker.postMessage({ type: "stop" });
+    decoderWorker?.postMessage({ type: "stop", id: job.id });
+  }
+  job = null;
+  status("Ready.");
+  setState("ready");
+}
+
+function onMessage({ data }) {
   switch (data.type) {
     case "progress":
       status(data.message);
       break;
     case "loaded":
-      model = data.info;
-      $("random-weights").hidden = !model.randomWeights;
-      $("temperature").value = model.temperature;
-      $("lsd-steps").value = model.lsdSteps;
-      $("voice-file").disabled = false;
-      status(`Loaded ${$("bundle-url").value} (${model.precision}, ${model.sampleRate} Hz) in ${(model.loadMs / 1000).toFixed(1)} s.`);
-      window.__voice = null;
-      $("voice-status").textContent = "Default voice (no prompt).";
-      setState("ready");
+      if (loadsPending <= 0) break; // a late answer to a load that already failed
+      if (data.info) model = { ...data.info, devices: { ...data.info.devices, ...decoderDevices } };
+      if (data.devices) decoderDevices = data.devices; // from the decoder worker
+      if (data.devices && model) model.devices = { ...model.devices, ...data.devices };
+      if (--loadsPending === 0 && model && window.__state === "loading") loaded();
       break;
     case "voice":
       window.__voice = data.info;
       $("voice-status").textContent = data.info
         ? `Voice: ${data.info.name}` + (data.info.ms ? ` (cloned in ${Math.round(data.info.ms)} ms)` : "")
-        : "Default voice (no prompt).";
+        : NO_VOICE;
+      showVoiceChoice(data.info);
       setState("ready");
       break;
     case "chunk":
@@ -195,33 +322,26 @@ worker.onmessage = ({ data }) => {
       window.__chunks = job.pieces.length;
       break;
     case "done":
-      if (job && data.id === job.id) finish("Done.");
-      break;
-    case "error":
-      showError(data.message);
-      if (data.during === "load") {
-        status("No bundle loaded.");
-        setState("error");
-      } else {
-        if (job) ["stat-first", "stat-speed", "stat-audio", "stat-chunks"].forEach((id) => ($(id).textContent = "–"));
-        if (data.during.startsWith("voice")) $("voice-status").textContent = "Default voice (no prompt).";
-        job = null;
-        status("Ready.");
-        setState("ready");
+      if (job && data.id === job.id) {
+        job.profile = data.profile ?? null;
+        finish("Done.");
       }
       break;
+    case "error":
+      if (data.during !== "load" && data.id !== undefined && job && data.id !== job.id) break;
+      failed(data);
+      break;
   }
-};
+}
 
-const query = new URLSearchParams(location.search);
+worker.onmessage = onMessage;
+if (decoderWorker) decoderWorker.onmessage = onMessage;
+
 if (query.has("bundle")) $("bundle-url").value = query.get("bundle");
 if (query.has("precision")) $("precision").value = query.get("precision");
 $("load").onclick = load;
 $("play").onclick = play;
 $("stop").onclick = stop;
 $("voice-file").onchange = chooseVoice;
-$("voice-clear").onclick = () => {
-  $("voice-file").value = "";
-  if (model) worker.postMessage({ type: "voice-clear" });
-};
+$("voice").onchange = chooseNamedVoice;
 load();

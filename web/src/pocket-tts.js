@@ -9,124 +9,54 @@
 
 import * as ort from "onnxruntime-web/wasm";
 
-import { fadeIn, prepareVoiceAudio, VoiceError } from "./audio.js";
+import { prepareVoiceAudio, VoiceError } from "./audio.js";
+import {
+  BundleError,
+  createSession,
+  fetchChecked,
+  fetchManifest,
+  GRAPH_NAMES,
+  zeroStates,
+} from "./bundle.js";
+import { Decoder, maxDecodeFrames } from "./decoder.js";
+import { KVCache } from "./kv-cache.js";
 import { readNpz } from "./npz.js";
 import { createRng } from "./rng.js";
 import { estimateMaxFrames, InvalidInputError, textRules, textToChunkTokens } from "./text.js";
 import { loadTokenizer } from "./tokenizer.js";
 
-export { ort, InvalidInputError, VoiceError };
+export { ort, BundleError, Decoder, GRAPH_NAMES, InvalidInputError, VoiceError };
 
-export const GRAPH_NAMES = [
-  "text_conditioner",
-  "mimi_encoder",
-  "flow_lm_main",
-  "flow_lm_flow",
-  "mimi_decoder",
-];
-const SCHEMA_VERSION = 1;
-const FLOW_TYPES = ["lsd", "flow_matching", "drifting", "pointwise"];
 const TEXT_RULE_KEYS = Object.keys(textRules());
-const REQUIRED_KEYS = ["sample_rate", "frame_rate", "latent_dim", "d_model", "flow_type",
-  "voice_cloning", "defaults", "text", "tokenizer", "graphs"];
 export const VOICE_FORMAT = "pocket-tts-onnx voice v1";
-// Mimi decodes at most this many latents per call, as the Python engine.
-export const MAX_DECODE_FRAMES = 16;
-
-export class BundleError extends Error {
-  constructor(message) {
-    super(message);
-    this.name = "BundleError";
-  }
-}
-
-const ARRAYS = { float32: Float32Array, int64: BigInt64Array };
-
-function zeros(dtype, shape) {
-  const Type = ARRAYS[dtype];
-  if (!Type) throw new BundleError(`unsupported state dtype ${dtype} in the manifest`);
-  return new ort.Tensor(dtype, new Type(shape.reduce((a, b) => a * b, 1)), shape);
-}
-
-// A state's value before any step: zeros, every dynamic (named) axis at 0.
-const initialShape = (spec) => spec.shape.map((d) => (typeof d === "string" ? 0 : d));
-
-async function fetchBytes(url, what) {
-  let response;
-  try {
-    response = await fetch(url);
-  } catch (e) {
-    throw new BundleError(`cannot fetch ${what} from ${url}: ${e.message}`);
-  }
-  if (!response.ok) {
-    throw new BundleError(
-      `cannot fetch ${what} from ${url}: HTTP ${response.status}` +
-        (response.status === 404 ? " (wrong bundle URL, or the file is missing)" : ""),
-    );
-  }
-  return new Uint8Array(await response.arrayBuffer());
-}
-
-async function sha256Hex(bytes) {
-  const digest = await crypto.subtle.digest("SHA-256", bytes);
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function checkManifest(m, url) {
-  if (!m || typeof m !== "object" || Array.isArray(m)) {
-    throw new BundleError(`${url} does not hold a JSON object`);
-  }
-  if (!Number.isInteger(m.schema_version)) {
-    throw new BundleError(`${url} has no integer schema_version; re-export the bundle`);
-  }
-  if (m.schema_version > SCHEMA_VERSION) {
-    throw new BundleError(
-      `manifest schema ${m.schema_version} is newer than this runtime supports (${SCHEMA_VERSION})`,
-    );
-  }
-  for (const key of REQUIRED_KEYS) {
-    if (!(key in m)) throw new BundleError(`${url} is incomplete: no "${key}"`);
-  }
-  if (!FLOW_TYPES.includes(m.flow_type)) {
-    throw new BundleError(`unknown flow head type ${JSON.stringify(m.flow_type)} in ${url}`);
-  }
-  const unknown = Object.keys(m.text).filter((k) => !TEXT_RULE_KEYS.includes(k));
-  if (unknown.length) {
-    throw new BundleError(
-      `unknown text rule(s) ${unknown.join(", ")} in the bundle: it may come from a newer exporter`,
-    );
-  }
-  for (const name of GRAPH_NAMES) {
-    if (!m.graphs[name]) throw new BundleError(`${url} lists no graph ${name}`);
-  }
-}
 
 export class PocketTTS {
   /**
    * Load a bundle: `url` is its directory (or its manifest.json). Options: precision
    * ("int8" | "fp32", default int8 as the Python runtime), verifyChecksums (default true),
-   * onProgress(message).
+   * onProgress(message), graphs (the graphs to create sessions for, default all: a decoder
+   * worker loads only mimi_decoder), device ("wasm", or "webgpu" falling back to wasm),
+   * fastKv (default true: use the bundle's flow_lm_step graph when it has one for this
+   * precision; false keeps the contract graph flow_lm_main).
    */
-  static async load(url, { precision = "int8", verifyChecksums = true, onProgress = () => {} } = {}) {
+  static async load(
+    url,
+    { precision = "int8", verifyChecksums = true, onProgress = () => {}, graphs = GRAPH_NAMES,
+      device = "wasm", fastKv = true } = {},
+  ) {
     if (!["int8", "fp32"].includes(precision)) {
       throw new InvalidInputError(`precision must be int8 or fp32, got ${JSON.stringify(precision)}`);
     }
-    const manifestUrl = new URL(url.endsWith(".json") ? url : url.replace(/\/?$/, "/manifest.json"),
-      globalThis.location?.href);
-    const base = new URL(".", manifestUrl);
-    onProgress(`reading ${manifestUrl}`);
-    const raw = await fetchBytes(manifestUrl, "the bundle manifest");
-    let manifest;
-    try {
-      manifest = JSON.parse(new TextDecoder().decode(raw));
-    } catch (e) {
-      throw new BundleError(`${manifestUrl} is not valid JSON (${e.message}): is this a bundle?`);
-    }
-    checkManifest(manifest, manifestUrl);
-
+    onProgress(`reading ${url}`);
+    const { manifest, base } = await fetchManifest(url);
     const sessions = {};
-    for (const name of GRAPH_NAMES) {
+    const step = manifest.graphs.flow_lm_step;
+    if (fastKv && step?.files?.[precision] && step.buffers?.length) {
+      graphs = graphs.map((g) => (g === "flow_lm_main" ? "flow_lm_step" : g));
+    }
+    for (const name of graphs) {
       const entry = manifest.graphs[name];
+      if (!entry) throw new BundleError(`the bundle lists no graph ${name}`);
       const file = entry.files[precision];
       if (!file) {
         throw new BundleError(
@@ -134,28 +64,20 @@ export class PocketTTS {
         );
       }
       onProgress(`loading ${file}`);
-      const bytes = await fetchBytes(new URL(file, base), name);
-      // crypto.subtle only exists in secure contexts (https, localhost).
-      if (verifyChecksums && globalThis.crypto?.subtle && (await sha256Hex(bytes)) !== entry.sha256[file]) {
-        throw new BundleError(
-          `${file} does not match the sha256 in manifest.json: corrupted or replaced; re-export it`,
-        );
-      }
-      try {
-        sessions[name] = await ort.InferenceSession.create(bytes, {
-          executionProviders: ["wasm"],
-          graphOptimizationLevel: "all",
-        });
-      } catch (e) {
-        throw new BundleError(`ONNX Runtime cannot load ${file}: ${e.message}`);
-      }
+      const bytes = await fetchChecked(base, file, entry.sha256?.[file], name, verifyChecksums);
+      sessions[name] = await createSession(bytes, file, device);
     }
-    onProgress("loading the tokenizer");
-    const tokenizer = loadTokenizer(
-      await fetchBytes(new URL(manifest.tokenizer.file, base), "the tokenizer"),
-      manifest.tokenizer.kind,
-    );
-    return new PocketTTS(manifest, sessions, tokenizer, precision);
+    let tokenizer = null;
+    if (graphs.includes("text_conditioner")) {
+      onProgress("loading the tokenizer");
+      const t = manifest.tokenizer;
+      const bytes = await fetchChecked(base, t.file, t.sha256, "the tokenizer", verifyChecksums);
+      tokenizer = loadTokenizer(bytes, t.kind);
+    }
+    const tts = new PocketTTS(manifest, sessions, tokenizer, precision);
+    tts._base = base;
+    tts._verify = verifyChecksums;
+    return tts;
   }
 
   constructor(manifest, sessions, tokenizer, precision) {
@@ -163,11 +85,25 @@ export class PocketTTS {
     this.precision = precision;
     this.tokenizer = tokenizer;
     this.rules = textRules(manifest.text);
+    const unknown = Object.keys(manifest.text).filter((k) => !TEXT_RULE_KEYS.includes(k));
+    if (unknown.length) {
+      throw new BundleError(
+        `unknown text rule(s) ${unknown.join(", ")} in the bundle: it may come from a newer exporter`,
+      );
+    }
     this._sessions = sessions;
     this._specs = manifest.graphs;
-    for (const name of GRAPH_NAMES) {
+    /** The execution provider each session got: {name: "wasm" | "webgpu"}. */
+    this.devices = Object.fromEntries(
+      Object.entries(sessions).map(([name, session]) => [name, session.device ?? "wasm"]),
+    );
+    /** Time spent in each graph: {name: {calls, ms}} (reset it to measure a run). */
+    this.profile = {};
+    for (const name of Object.keys(sessions)) {
       const spec = this._specs[name];
-      const want = [...spec.inputs.map((t) => t.name), ...spec.states.map((s) => s.name)].sort();
+      const want = [...spec.inputs, ...(spec.states ?? []), ...(spec.buffers ?? [])]
+        .map((t) => t.name)
+        .sort();
       const have = [...sessions[name].inputNames].sort();
       if (want.join() !== have.join()) {
         throw new BundleError(`graph ${name}: inputs ${have} do not match the manifest's ${want}`);
@@ -175,6 +111,46 @@ export class PocketTTS {
     }
     const main = manifest.graphs.flow_lm_main;
     this.modelId = main.sha256[main.files.fp32];
+    /** True when the flow LM runs on flow_lm_step (new K/V rows only) instead of the
+     * contract graph flow_lm_main (whole cache in and out every step). */
+    this.fastKv = "flow_lm_step" in sessions;
+  }
+
+  /** Names of the bundle's predefined voices (manifest.voices). */
+  get voices() {
+    return Object.keys(this.manifest.voices ?? {});
+  }
+
+  /** The voice the bundle names as its default (upstream's for the language), or null. */
+  get defaultVoice() {
+    return this.manifest.default_voice ?? null;
+  }
+
+  /** Load a predefined voice of the bundle by name (checked against its sha256). */
+  async namedVoice(name) {
+    const entry = (this.manifest.voices ?? {})[name];
+    if (!entry || !Object.hasOwn(this.manifest.voices, name)) {
+      const known = this.voices.join(", ") || "none";
+      throw new VoiceError(`no voice ${JSON.stringify(name)} in this bundle (voices: ${known})`);
+    }
+    if (!this._base) throw new VoiceError("named voices need a bundle loaded with PocketTTS.load");
+    const bytes = await fetchChecked(this._base, entry.file, entry.sha256, `voice ${name}`,
+      this._verify);
+    return this.loadVoice(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+  }
+
+  async _run(name, feeds) {
+    const start = performance.now();
+    const out = await this._sessions[name].run(feeds);
+    const p = (this.profile[name] ??= { calls: 0, ms: 0 });
+    p.calls++;
+    p.ms += performance.now() - start;
+    return out;
+  }
+
+  /** A fresh streaming decoder for one text chunk (needs the mimi_decoder session). */
+  newDecoder() {
+    return new Decoder(this.manifest, (feeds) => this._run("mimi_decoder", feeds));
   }
 
   get sampleRate() {
@@ -188,9 +164,7 @@ export class PocketTTS {
 
   /** flow_lm_main states before any prompt (what no voice uses). */
   emptyState() {
-    return Object.fromEntries(
-      this._specs.flow_lm_main.states.map((s) => [s.name, zeros(s.dtype, initialShape(s))]),
-    );
+    return zeroStates(this._specs.flow_lm_main.states);
   }
 
   /** Clone a voice from audio: `channels` is [Float32Array, ...] at `sampleRate`. */
@@ -202,11 +176,12 @@ export class PocketTTS {
       );
     }
     const mono = prepareVoiceAudio(channels, sampleRate, this.sampleRate);
-    const { latents } = await this._sessions.mimi_encoder.run({
+    const { latents } = await this._run("mimi_encoder", {
       audio: new ort.Tensor("float32", mono, [1, 1, mono.length]),
     });
-    const { states } = await this._flowLm(this.emptyState(), this._emptySequence(), latents);
-    return { states, modelId: this.modelId };
+    const lm = this._begin(this.emptyState());
+    await this._flowLm(lm, this._emptySequence(), latents);
+    return { states: this._statesOf(lm), modelId: this.modelId };
   }
 
   /** Load a voice .npz written by `pocket-tts-onnx voice` / Voice.save. */
@@ -264,31 +239,60 @@ export class PocketTTS {
    * (null/undefined take the manifest's defaults): temperature, lsdSteps, eosThreshold,
    * framesAfterEos, noiseClamp, seed, maxFrames (replaces the per-chunk length estimate),
    * firstChunkFrames (latents decoded for the first audio of each text chunk, default 1),
-   * decodeFrames (latents per later decoder call, default 4).
+   * decodeFrames (latents per later decoder call, default and at most max_decode_frames).
    */
   async *stream(text, voice = null, params = {}) {
     const p = this._params(params);
+    let decoder = null;
+    let block = [];
+    let need = p.firstChunkFrames;
+    let current = null;
+    const emit = async () => {
+      const samples = await decoder.decode(block);
+      block = [];
+      need = p.decodeFrames;
+      return { samples, sampleRate: this.sampleRate, ...current };
+    };
+    for await (const event of this._latents(text, voice, p)) {
+      if (event.latent === null) {
+        if (block.length) yield await emit();
+        continue;
+      }
+      if (event.first) {
+        decoder = this.newDecoder();
+        need = p.firstChunkFrames;
+        current = { textChunk: event.textChunk, textChunkIndex: event.textChunkIndex };
+      }
+      block.push(event.latent);
+      if (block.length >= need) yield await emit();
+    }
+  }
+
+  /**
+   * The latents of a synthesis, for a decoder elsewhere (another worker): yields
+   * {textChunkIndex, textChunk, first, latent}, where `first` marks a text chunk's first latent
+   * (start a fresh decoder) and latent === null ends a text chunk (flush). Parameters as
+   * stream().
+   */
+  latents(text, voice = null, params = {}) {
+    return this._latents(text, voice, this._params(params));
+  }
+
+  async *_latents(text, voice, p) {
     const chunks = this.textChunks(text);
     if (voice !== null && !(voice && voice.states)) {
-      throw new VoiceError("voice must come from voiceFromAudio() or loadVoice()");
+      throw new VoiceError("voice must come from voiceFromAudio(), loadVoice() or namedVoice()");
     }
     const start = voice ? voice.states : this.emptyState();
     const rng = createRng(p.seed);
     for (const [index, chunk] of chunks.entries()) {
-      const decoder = new Decoder(this);
-      let block = [];
-      let need = p.firstChunkFrames;
-      const emit = async () => {
-        const samples = await decoder.decode(block);
-        block = [];
-        need = p.decodeFrames;
-        return { samples, sampleRate: this.sampleRate, textChunk: chunk.text, textChunkIndex: index };
-      };
+      const info = { textChunkIndex: index, textChunk: chunk.text };
+      let first = true;
       for await (const latent of this._chunkLatents(chunk, start, p, rng)) {
-        block.push(latent);
-        if (block.length >= need) yield await emit();
+        yield { ...info, first, latent };
+        first = false;
       }
-      if (block.length) yield await emit();
+      yield { ...info, first: false, latent: null };
     }
   }
 
@@ -301,7 +305,7 @@ export class PocketTTS {
     seed = null,
     maxFrames = null,
     firstChunkFrames = 1,
-    decodeFrames = 4,
+    decodeFrames = null,
   } = {}) {
     const d = this.manifest.defaults;
     const p = {
@@ -313,7 +317,7 @@ export class PocketTTS {
       seed,
       maxFrames,
       firstChunkFrames,
-      decodeFrames,
+      decodeFrames: decodeFrames ?? maxDecodeFrames(this.manifest),
     };
     const isInt = Number.isInteger;
     const fail = (message) => {
@@ -336,9 +340,10 @@ export class PocketTTS {
       fail(`maxFrames must be an integer >= 1, got ${p.maxFrames}`);
     }
     if (p.seed !== null && !isInt(p.seed)) fail(`seed must be an integer or null, got ${p.seed}`);
+    // More latents than max_decode_frames are decoded in several calls of at most that many.
     for (const key of ["firstChunkFrames", "decodeFrames"]) {
-      if (!isInt(p[key]) || p[key] < 1 || p[key] > MAX_DECODE_FRAMES) {
-        fail(`${key} must be an integer in 1..${MAX_DECODE_FRAMES}, got ${p[key]}`);
+      if (!isInt(p[key]) || p[key] < 1 || p[key] > 1000) {
+        fail(`${key} must be an integer in 1..1000, got ${p[key]}`);
       }
     }
     return p;
@@ -354,17 +359,17 @@ export class PocketTTS {
       estimateMaxFrames(chunk.tokenIds.length, m.frame_rate, d.max_length_tokens_per_second,
         d.max_length_padding_seconds);
     const ids = BigInt64Array.from(chunk.tokenIds, (i) => BigInt(i));
-    const { embeddings } = await this._sessions.text_conditioner.run({
+    const { embeddings } = await this._run("text_conditioner", {
       token_ids: new ort.Tensor("int64", ids, [1, ids.length]),
     });
-    let { states } = await this._flowLm(startState, this._emptySequence(), embeddings);
+    const lm = this._begin(startState); // a fresh copy of the voice state per text chunk
+    await this._flowLm(lm, this._emptySequence(), embeddings);
     const L = m.latent_dim;
     let sequence = new ort.Tensor("float32", new Float32Array(L).fill(NaN), [1, 1, L]);
     const noText = new ort.Tensor("float32", new Float32Array(0), [1, 0, m.d_model]);
     let eosStep = null;
     for (let step = 0; step < maxLen; step++) {
-      const out = await this._flowLm(states, sequence, noText);
-      states = out.states;
+      const out = await this._flowLm(lm, sequence, noText);
       if (out.eosLogit > p.eosThreshold && eosStep === null && step >= d.min_frames_before_eos) {
         eosStep = step;
       }
@@ -375,15 +380,40 @@ export class PocketTTS {
     }
   }
 
-  async _flowLm(states, sequence, textEmbeddings) {
-    const out = await this._sessions.flow_lm_main.run({
+  // A flow-LM stream starting from contract-layout states: {states} for flow_lm_main, or
+  // a KVCache (preallocated buffers and a position counter) for flow_lm_step.
+  _begin(states) {
+    if (!this.fastKv) return { states };
+    return KVCache.fromStates(this._specs.flow_lm_step.buffers, this._specs.flow_lm_main.states,
+      states);
+  }
+
+  _statesOf(lm) {
+    return this.fastKv ? lm.toStates(this._specs.flow_lm_main.states) : lm.states;
+  }
+
+  // One flow-LM call; advances `lm` in place.
+  async _flowLm(lm, sequence, textEmbeddings) {
+    if (this.fastKv) {
+      // Buffers first: an input name can never be shadowed.
+      const out = await this._run("flow_lm_step", {
+        ...lm.feeds(),
+        sequence,
+        text_embeddings: textEmbeddings,
+      });
+      lm.append(out);
+      return { conditioning: out.conditioning, eosLogit: out.eos_logit.data[0] };
+    }
+    // States first: an input name can never be shadowed by a state.
+    const out = await this._run("flow_lm_main", {
+      ...lm.states,
       sequence,
       text_embeddings: textEmbeddings,
-      ...states,
     });
     const next = {};
     for (const s of this._specs.flow_lm_main.states) next[s.name] = out[`out_${s.name}`];
-    return { conditioning: out.conditioning, eosLogit: out.eos_logit.data[0], states: next };
+    lm.states = next;
+    return { conditioning: out.conditioning, eosLogit: out.eos_logit.data[0] };
   }
 
   _emptySequence() {
@@ -412,7 +442,7 @@ export class PocketTTS {
       for (const [name, value] of Object.entries(times)) {
         feeds[name] = new ort.Tensor("float32", Float32Array.of(value), [1, 1]);
       }
-      return (await this._sessions.flow_lm_flow.run(feeds)).flow_dir.data;
+      return (await this._run("flow_lm_flow", feeds)).flow_dir.data;
     };
     // x + dir / n in float32, as numpy computes it.
     const euler = (dir) => x.map((v, k) => v + Math.fround(dir[k] / n));
@@ -435,42 +465,5 @@ export class PocketTTS {
         throw new BundleError(`unknown flow head type ${this.manifest.flow_type}`);
     }
     return x;
-  }
-}
-
-// Mimi decoding of one text chunk: fresh state and a fade-in at its start (upstream).
-class Decoder {
-  constructor(engine) {
-    this._engine = engine;
-    this._specs = engine._specs.mimi_decoder.states;
-    this._states = Object.fromEntries(
-      this._specs.map((s) => [s.name, zeros(s.dtype, initialShape(s))]),
-    );
-    this._first = true;
-  }
-
-  async decode(latents) {
-    const L = this._engine.manifest.latent_dim;
-    const pieces = [];
-    for (let start = 0; start < latents.length; start += MAX_DECODE_FRAMES) {
-      const part = latents.slice(start, start + MAX_DECODE_FRAMES);
-      const batch = new Float32Array(part.length * L);
-      part.forEach((latent, i) => batch.set(latent, i * L));
-      const out = await this._engine._sessions.mimi_decoder.run({
-        latent: new ort.Tensor("float32", batch, [1, part.length, L]),
-        ...this._states,
-      });
-      for (const s of this._specs) this._states[s.name] = out[`out_${s.name}`];
-      let audio = out.audio_frame.data;
-      if (this._first) {
-        audio = fadeIn(audio, this._engine.sampleRate);
-        this._first = false;
-      }
-      pieces.push(audio);
-    }
-    if (pieces.length === 1) return pieces[0];
-    const joined = new Float32Array(pieces.reduce((n, a) => n + a.length, 0));
-    pieces.reduce((offset, a) => (joined.set(a, offset), offset + a.length), 0);
-    return joined;
   }
 }

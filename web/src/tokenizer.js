@@ -1,10 +1,13 @@
 // The bundle's tokenizer, called the way the Python runtime calls it (default options).
 //
 // SentencePiece .model files (unigram) run through sentencepiece.js, a JS port of the
-// library's encoder; HuggingFace tokenizer.json files through tokenizers.js (pure JS).
-// Both are checked against the Python packages by tests/test_web.py.
+// library's encoder; HuggingFace tokenizer.json files through tokenizers.js (pure JS), with
+// the steps it only approximates for SentencePiece conversions (Precompiled normalizer,
+// Metaspace split, Unigram) replaced by exact ones (hf-exact.js). Both are checked against
+// the Python packages by tests/test_web.py.
 
 import { Tokenizer as HFTokenizer } from "@huggingface/tokenizers";
+import { makeExact } from "./hf-exact.js";
 import { SentencePieceUnigram } from "./sentencepiece.js";
 
 export const TOKENIZER_KINDS = ["sentencepiece", "tokenizers", "json"];
@@ -43,5 +46,6 @@ export function loadTokenizer(bytes, kind) {
     throw new Error(`the bundle's tokenizer.json is not valid JSON (${e.message})`);
   }
   // A bundle has no tokenizer_config.json; decode must not "clean up" spaces, as Python's.
-  return new JsonTokenizer(new HFTokenizer(json, { clean_up_tokenization_spaces: false }));
+  const tokenizer = new HFTokenizer(json, { clean_up_tokenization_spaces: false });
+  return new JsonTokenizer(makeExact(tokenizer, json));
 }

@@ -2,9 +2,11 @@
 //
 //   node web/tests/e2e.mjs PLAN.json
 //
-// PLAN: {url, precision, outDir, screenshot, text, longText, voices: {name: path}}. Each
-// synthesis runs at temperature 0; its samples are written to outDir/<name>.f32 (raw
-// little-endian float32) for the caller to compare with the Python engine.
+// PLAN: {url, precision, outDir, screenshot, text, longText, voices: {name: path},
+// namedVoice}. Each synthesis runs at temperature 0; its samples are written to
+// outDir/<name>.f32 (raw little-endian float32) for the caller to compare with the Python
+// engine. Also records the voice dropdown, unlabelled controls, the layout width at 390 px
+// (a phone) and what a failed load leaves on the page.
 
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -50,6 +52,24 @@ try {
   results.loadError = await page.evaluate(() => window.__lastError ?? null);
   results.randomWeightsBanner = await page.isVisible("#random-weights");
   if (results.loadError) throw new Error(`bundle failed to load: ${results.loadError}`);
+  results.voiceMenu = await page.evaluate(() => ({
+    options: [...document.querySelectorAll("#voice option")].map((o) => o.value),
+    selected: document.getElementById("voice").value,
+    voice: window.__voice,
+  }));
+  // Controls a screen reader cannot name.
+  results.unlabelled = await page.evaluate(() =>
+    [...document.querySelectorAll("input, select, textarea")]
+      .filter((e) => !e.labels?.length)
+      .map((e) => e.id),
+  );
+  results.precisionLabel = await page.evaluate(
+    () => document.querySelector('label[for="precision"]')?.textContent ?? null,
+  );
+  await page.setViewportSize({ width: 390, height: 844 });
+  results.phoneWidth = await page.evaluate(() => document.documentElement.scrollWidth);
+  await page.screenshot({ path: plan.screenshot.replace(/\.png$/, "-phone.png"), fullPage: true });
+  await page.setViewportSize({ width: 900, height: 1000 });
 
   async function synthesize(name, text, params = { temperature: "0", lsd: null, seed: "" }) {
     await page.fill("#text", text);
@@ -88,6 +108,14 @@ try {
     return page.evaluate(() => ({ voice: window.__voice, error: window.__lastError ?? null }));
   }
 
+  async function selectVoice(name) {
+    await page.selectOption("#voice", name);
+    await waitState(["ready"]);
+    return page.evaluate(() => ({ voice: window.__voice, error: window.__lastError ?? null }));
+  }
+
+  // The comparisons with Python below run without a voice prompt; named voices after.
+  await selectVoice("");
   await synthesize("default", plan.text);
   await page.screenshot({ path: plan.screenshot, fullPage: true });
   await synthesize("long", plan.longText);
@@ -100,8 +128,10 @@ try {
     results.voices[name] = await useVoice(path);
     await synthesize(`voice_${name}`, plan.text);
   }
-  await page.click("#voice-clear");
-  await waitState(["ready"]);
+  if (plan.namedVoice) {
+    results.named = await selectVoice(plan.namedVoice);
+    await synthesize("voice_named", plan.text);
+  }
 
   // Readable errors: empty text, then a bundle URL that does not exist.
   await synthesize("empty", "   ");
@@ -111,6 +141,11 @@ try {
   results.badBundle = {
     error: await page.evaluate(() => window.__lastError),
     visible: await page.isVisible("#error"),
+    // Nothing of the previous bundle's voice may survive a failed load.
+    voice: await page.evaluate(() => window.__voice),
+    voiceStatus: await page.textContent("#voice-status"),
+    voiceOptions: await page.evaluate(() => document.querySelectorAll("#voice option").length),
+    playDisabled: await page.isDisabled("#play"),
   };
   await page.screenshot({ path: plan.screenshot.replace(/\.png$/, "-error.png"), fullPage: true });
 } catch (e) {

@@ -11,6 +11,7 @@ import torch
 from pocket_tts_onnx.export.graphs import (
     FlowHeadGraph,
     FlowLMMainGraph,
+    FlowLMStepGraph,
     MimiDecoderGraph,
     MimiEncoderGraph,
     TextConditionerGraph,
@@ -25,7 +26,7 @@ OPSET = 17
 # Sizes used to trace each dynamic axis: > 1 where the contract allows it, and different
 # from the other axes of the same graph, so that no axis is traced as a constant or confused
 # with another (`steps` is 0 or 1 by contract; 0-length axes are verified separately).
-_TRACE_SIZES = {"tokens": 5, "steps": 1, "kv_len": 3, "frames": 2, "batch": 2}
+_TRACE_SIZES = {"tokens": 5, "steps": 1, "kv_len": 3, "frames": 2, "batch": 2, "capacity": 7}
 
 
 def model_graph_specs(model: torch.nn.Module) -> dict[str, GraphSpec]:
@@ -73,6 +74,8 @@ def graph_modules(
         "flow_lm_main": FlowLMMainGraph(model.flow_lm, specs["flow_lm_main"].states),
         "flow_lm_flow": FlowHeadGraph(model.flow_lm),
         "mimi_decoder": MimiDecoderGraph(model, specs["mimi_decoder"].states),
+        "flow_lm_step": FlowLMStepGraph(model.flow_lm, specs["flow_lm_step"].buffers),
+        "mimi_decoder_batched": MimiDecoderGraph(model, specs["mimi_decoder_batched"].states),
     }
 
 

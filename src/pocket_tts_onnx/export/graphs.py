@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pocket_tts_onnx.specs import StateSpec
+from pocket_tts_onnx.specs import BufferSpec, StateSpec
 
 
 def _attention_modules(root: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -25,7 +25,9 @@ def _attention_modules(root: nn.Module, prefix: str = "") -> list[tuple[str, nn.
 
 
 def flow_lm_state_specs(flow_lm: nn.Module) -> list[StateSpec]:
-    """Keys and values per layer; the position is the cache length, so no counter is needed."""
+    """Keys and values per layer, then the transformer's position counter: the number of
+    real positions fed so far. Cache rows before the last `position` ones are masked, so
+    the state is right under any zero-init convention (docs/state-design.md)."""
     specs = []
     for name, attn in _attention_modules(flow_lm):
         for part in ("k", "v"):
@@ -38,6 +40,15 @@ def flow_lm_state_specs(flow_lm: nn.Module) -> list[StateSpec]:
                     shape=[1, attn.num_kv_heads, "kv_len", attn.dim_per_head],
                 )
             )
+    specs.append(
+        StateSpec(
+            name=f"state_{len(specs)}",
+            upstream_module="flow_lm.transformer",
+            upstream_key="offset",
+            dtype="int64",
+            shape=[1],
+        )
+    )
     return specs
 
 
@@ -124,6 +135,13 @@ def _patched_key(spec: StateSpec) -> str:
     return spec.upstream_key.removeprefix("cache.")
 
 
+def _last_or_zeros(hidden: torch.Tensor) -> torch.Tensor:
+    """hidden[:, -1], or zeros when nothing was fed (S + T = 0: a documented no-op call
+    that leaves the state unchanged; runtimes that probe graphs with empty inputs rely on
+    it)."""
+    return torch.cat([hidden.new_zeros((hidden.shape[0], 1, hidden.shape[2])), hidden], 1)[:, -1]
+
+
 class TextConditionerGraph(nn.Module):
     def __init__(self, flow_lm: nn.Module):
         super().__init__()
@@ -173,9 +191,38 @@ class FlowLMMainGraph(nn.Module):
         hidden = flow_lm.backbone(
             flow_lm.input_linear(latents), text_embeddings, sequence, model_state
         )
-        conditioning = hidden[:, -1]
+        conditioning = _last_or_zeros(hidden)
         eos_logit = flow_lm.out_eos(conditioning)
         return (conditioning, eos_logit, *_collect_states(self.state_specs, model_state, flow_lm))
+
+
+class FlowLMStepGraph(nn.Module):
+    """flow_lm_main over read-only K/V buffers, returning only the new rows (fast-KV), for
+    any batch of streams at different positions (docs/state-design.md)."""
+
+    def __init__(self, flow_lm: nn.Module, buffers: list[BufferSpec]):
+        super().__init__()
+        self.flow_lm = flow_lm
+        self.buffers = buffers
+
+    def forward(self, sequence, text_embeddings, position, *caches):
+        flow_lm = self.flow_lm
+        model_state: dict[str, dict[str, torch.Tensor]] = {}
+        for spec, tensor in zip(self.buffers, caches, strict=True):
+            entry = model_state.setdefault(spec.upstream_module.split(".", 1)[1], {})
+            entry["buf_" + spec.upstream_key.removeprefix("cache.")] = tensor
+            entry["offset"] = position
+        latents = torch.where(torch.isnan(sequence), flow_lm.bos_emb, sequence)
+        hidden = flow_lm.backbone(
+            flow_lm.input_linear(latents), text_embeddings, sequence, model_state
+        )
+        conditioning = _last_or_zeros(hidden)
+        eos_logit = flow_lm.out_eos(conditioning)
+        new = [
+            model_state[b.upstream_module.split(".", 1)[1]]["new_" + b.upstream_key[-1]]
+            for b in self.buffers
+        ]
+        return (conditioning, eos_logit, *new)
 
 
 class FlowHeadGraph(nn.Module):

@@ -9,8 +9,10 @@ same vocabulary size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,11 @@ import torch
 import yaml
 
 from pocket_tts_onnx.errors import ModelSourceError
-from pocket_tts_onnx.export.standin_tokenizer import train_standin_tokenizer
+from pocket_tts_onnx.export.hub import hub_names, offline_if_hub_unreachable
+from pocket_tts_onnx.export.standin_tokenizer import (
+    train_standin_tokenizer,
+    train_standin_tokenizer_json,
+)
 from pocket_tts_onnx.manifest import file_sha256
 
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -101,19 +107,51 @@ def _read_config_dict(path: Path) -> dict:
 
 
 def _local_tokenizer(data: dict, config_path: Path) -> Path | None:
-    """The config's tokenizer as a local file, resolved next to the config when relative."""
+    """The config's tokenizer as a local file, resolved next to the config when relative;
+    None when it is on a hub. A local path that does not exist is an error, not a hub file."""
     raw = str(data["flow_lm"]["lookup_table"]["tokenizer_path"])
     if raw.startswith(_REMOTE):
         return None
     path = Path(raw)
     if not path.is_absolute() and (config_path.parent / path).exists():
         path = config_path.parent / path
-    return path if path.exists() else None
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (nor relative to {config_path.parent})"
+        raise ModelSourceError(
+            f"tokenizer file not found: {raw}{where}, named by flow_lm.lookup_table."
+            f"tokenizer_path in {config_path}; fix that path in the config"
+        )
+    return path
 
 
-def _wrap_load_error(e: Exception, what: str) -> ModelSourceError:
+def _is_weights_error(e: BaseException) -> bool:
+    """Did reading or applying the weights fail (rather than building the model)?"""
+    frames = traceback.extract_tb(e.__traceback__)
+    files = [f.filename.replace("\\", "/") for f in frames]
+    return (
+        "safetensor" in type(e).__module__.lower()
+        or "Safetensor" in type(e).__name__
+        or any("safetensors/" in f or "torch/serialization.py" in f for f in files)
+        or any(f.name in ("load_state_dict", "load_file") for f in frames)
+    )
+
+
+def _where(e: BaseException) -> str:
+    """The failing line of upstream code, for errors with no message (bare asserts)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" at {Path(last.filename).name}:{last.lineno}: `{(last.line or '').strip()}`"
+
+
+def _wrap_load_error(
+    e: Exception, what: str, config_path: Path | None = None, has_weights: bool = True
+) -> ModelSourceError:
     text = f"{type(e).__name__}: {e}"
     short = text.splitlines()[0][:300]
+    if not str(e).strip():
+        short = short.rstrip(": ") + _where(e)
     if type(e).__module__.startswith(("huggingface_hub", "requests", "urllib3")):
         return ModelSourceError(
             f"{what}: could not fetch the model files from the model hub ({short}). "
@@ -125,6 +163,11 @@ def _wrap_load_error(e: Exception, what: str) -> ModelSourceError:
         return ModelSourceError(
             f"{what}: the weights do not match the config ({short}). Pass the config the "
             "weights were trained with."
+        )
+    if not has_weights or not _is_weights_error(e):
+        return ModelSourceError(
+            f"{what}: the config {config_path or ''} does not describe a model pocket-tts can "
+            f"build ({short}). Compare it with the shipped configs in pocket_tts/config/."
         )
     return ModelSourceError(
         f"{what}: the weights file is corrupt or unreadable ({short}). " + _source_options()
@@ -141,6 +184,34 @@ def _randomize_unset_weights(model: torch.nn.Module, seed: int) -> None:
         w.copy_(torch.randn(w.shape, generator=gen) / w.shape[1] ** 0.5)
         flow_lm.emb_std.copy_(0.5 + torch.rand(flow_lm.emb_std.shape, generator=gen))
         flow_lm.emb_mean.copy_(0.1 * torch.randn(flow_lm.emb_mean.shape, generator=gen))
+
+
+class _DropUninitialized(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "model is uninitialized" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_uninitialized(random_init: bool):
+    """Upstream warns "model is uninitialized!" when a config has no weights: exactly what
+    --random-init asks for, so the line is dropped for that load only (the manifest and the
+    CLI say "random weights" instead)."""
+    if not random_init:
+        yield
+        return
+    target = logging.getLogger("pocket_tts.models.tts_model")
+    drop = _DropUninitialized()
+    target.addFilter(drop)
+    try:
+        yield
+    finally:
+        target.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def _offline_if_hub_unreachable(data: dict):
+    with offline_if_hub_unreachable(hub_names(data)):
+        yield
 
 
 def load_model(source: ModelSource) -> LoadedModel:
@@ -167,7 +238,8 @@ def load_model(source: ModelSource) -> LoadedModel:
     # exporter copies the tokenizer into the bundle), so LoadedModel owns it.
     tmp = tempfile.TemporaryDirectory(prefix="pocket-tts-onnx-")
     try:
-        return _load(source, data, config_path, config_name, random_init, tmp)
+        with _offline_if_hub_unreachable(data):
+            return _load(source, data, config_path, config_name, random_init, tmp)
     except BaseException:
         tmp.cleanup()
         raise
@@ -181,11 +253,20 @@ def _load(source, data, config_path, config_name, random_init, tmp) -> LoadedMod
     tokenizer = _local_tokenizer(data, config_path)
     tokenizer_origin = str(lookup["tokenizer_path"])
     if tokenizer is None and random_init:
-        tokenizer = train_standin_tokenizer(int(lookup["n_bins"]), tmp_dir / "tokenizer.model")
-        lookup["tokenizer"] = "sentencepiece"
+        n_bins = int(lookup["n_bins"])
+        if _tokenizer_kind(lookup) == "tokenizers":
+            # The released tokenizer.json files are converted SentencePiece unigram models:
+            # the stand-in takes the same format and path (Python tokenizers, the web's JS).
+            tokenizer = train_standin_tokenizer_json(n_bins, tmp_dir / "tokenizer.json")
+            lookup["tokenizer"] = "tokenizers"
+            how = "converted to tokenizer.json"
+        else:
+            tokenizer = train_standin_tokenizer(n_bins, tmp_dir / "tokenizer.model")
+            lookup["tokenizer"] = "sentencepiece"
+            how = "as a .model"
         tokenizer_origin = (
-            f"stand-in: SentencePiece unigram with {lookup['n_bins']} pieces trained on a "
-            f"generated corpus (the config's tokenizer {lookup['tokenizer_path']} is on a hub)"
+            f"stand-in: SentencePiece unigram with {n_bins} pieces trained on a generated "
+            f"corpus, {how} (the config's tokenizer {lookup['tokenizer_path']} is on a hub)"
         )
     if tokenizer is not None:
         lookup["tokenizer_path"] = str(tokenizer)
@@ -214,12 +295,15 @@ def _load(source, data, config_path, config_name, random_init, tmp) -> LoadedMod
     try:
         if random_init:
             torch.manual_seed(source.seed)
-        model = TTSModel.load_model(
-            config=tmp_config,
-            checkpoint=str(source.checkpoint) if source.checkpoint else None,
-        )
+        with _quiet_uninitialized(random_init):
+            model = TTSModel.load_model(
+                config=tmp_config,
+                checkpoint=str(source.checkpoint) if source.checkpoint else None,
+            )
     except Exception as e:  # upstream raises hub, safetensors, torch and pydantic errors
-        raise _wrap_load_error(e, f"loading {config_name}") from e
+        raise _wrap_load_error(
+            e, f"loading {config_name}", config_path, has_weights=not random_init
+        ) from e
     if random_init:
         _randomize_unset_weights(model, source.seed)
     model.eval()

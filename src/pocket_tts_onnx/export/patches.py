@@ -8,9 +8,13 @@ graph wrappers (graphs.py) put graph inputs into the dict and read graph outputs
 
 State layout seen by the patched modules, keyed by the module's absolute name:
 - attention: {"k": [B, H_kv, P, d], "v": [B, H_kv, P, d]} (upstream's "cache" [2, B, P, H_kv, d]
-  split and made head-major) and optionally {"offset": int64 [1]} (absolute position of the
-  next token; without it the position is P, the cache length). A module with a finite
-  `context` keeps only the last `context - 1` keys, so its state stays bounded.
+  split and made head-major) and {"offset": int64 [B]} (absolute position of the next token,
+  shared by all layers of a transformer). Row j of the cache holds position offset - P + j;
+  negative positions are masked, so whatever prefix a runtime starts with is ignored
+  (docs/state-design.md). A module with a finite `context` keeps only the last
+  `context - 1` keys, so its state stays bounded.
+- buffered attention (the fast-KV / batched flow-LM step): {"buf_k", "buf_v": [B, H_kv, C, d]
+  read only, "offset": [B] rows in use} in, {"new_k", "new_v": [B, H_kv, t, d]} out.
 - conv: {"previous": [B, C, K_eff - stride]} plus, for replicate padding, {"started": [B]}
   (0.0 before the first call, so an all-zeros initial state is the right one).
 - transposed conv: {"partial": [B, C_out, K - stride]}.
@@ -19,6 +23,7 @@ State layout seen by the patched modules, keyed by the module's absolute name:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 
@@ -64,51 +69,122 @@ def _module_state(module: torch.nn.Module, model_state: dict | None) -> dict | N
     return model_state.get(module._module_absolute_name)
 
 
-def _attention_forward(self, query, model_state, attn_mask=None):
-    """Attention over [past; new] keys. Keys and values are stored head-major as two states
-    ([B, H_kv, P, d]) so the step reads them without transposes or splits; the scale is
-    applied to the queries and GQA groups queries per key head instead of repeating keys."""
-    state = _module_state(self, model_state)
+def _rope(q, k, offset, max_period: float):
+    """Upstream's `apply_rope` with one offset per batch row ([B] int64), written without
+    reshapes that infer a dimension, so zero-length inputs export and run on older ORT.
+    Same float32 operations in the same order as upstream, hence the same values."""
+    d = q.shape[-1]
+    ds = torch.arange(d // 2, dtype=torch.float32)
+    freqs = torch.exp(ds * (-math.log(max_period) * 2 / d))
+    ts = torch.arange(q.shape[1], dtype=torch.float32)[None, :] + offset.reshape(-1, 1).float()
+    angle = freqs * ts[:, :, None, None]  # [B, T, 1, d/2]
+    rot_r, rot_i = torch.cos(angle), torch.sin(angle)
+
+    def rotate(x):
+        xr, xi = x[..., 0::2], x[..., 1::2]
+        out = torch.stack([xr * rot_r - xi * rot_i, xr * rot_i + xi * rot_r], dim=-1)
+        return out.reshape(x.shape)
+
+    return rotate(q), rotate(k)
+
+
+def _project(self, query):
+    """in_proj -> q [B, t, H, d] and k, v [B, t, H_kv, d]."""
     b, t, _ = query.shape
     d = self.dim_per_head
     projected = self.in_proj(query)
     q = projected[..., : self.attn_dim].reshape(b, t, self.num_heads, d)
     kv = projected[..., self.attn_dim :].reshape(b, t, 2, self.num_kv_heads, d)
     k, v = kv.unbind(2)
+    return q, k, v
 
+
+def _grouped_queries(self, q):
+    """[B, t, H, d] -> [B, H_kv, group * t, d], scaled: GQA groups queries per key head
+    instead of repeating keys; row g * t + i is query i of group g."""
+    b, t, _, d = q.shape
+    group = self.num_heads // self.num_kv_heads
+    return (q * d**-0.5).transpose(1, 2).reshape(b, self.num_kv_heads, group * t, d), group
+
+
+def _finish(self, x, b, t):
+    d = self.dim_per_head
+    x = x.reshape(b, self.num_heads, t, d).transpose(1, 2).reshape(b, t, self.num_heads * d)
+    return self.out_proj(x)
+
+
+def _attention_forward(self, query, model_state, attn_mask=None):
+    """Attention over [past; new] keys (module docstring: state layout). Past rows whose
+    absolute position `offset - P + j` is negative are masked: a junk prefix left by a
+    runtime's initial state, or front padding of a younger stream in a batch, is ignored."""
+    state = _module_state(self, model_state)
+    if state is not None and "buf_k" in state:
+        return _buffered_attention(self, query, state)
+    b, t, _ = query.shape
+    q, k, v = _project(self, query)
     if state is None:
         past_len = 0
-        offset = torch.zeros((), dtype=torch.long)
+        offset = torch.zeros((b,), dtype=torch.long)
     else:
         past_len = state["k"].shape[2]
-        offset = state["offset"].reshape(()) if "offset" in state else past_len
-    q, k = self.rope(q, k, offset=offset)
+        offset = state["offset"].reshape(-1)
+    q, k = _rope(q, k, offset, self.rope.max_period)
     k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, H_kv, t, d]
     if state is not None:
         k = torch.cat([state["k"], k], dim=2)
         v = torch.cat([state["v"], v], dim=2)
         keep = slice(None) if self.context is None else slice(-(self.context - 1), None)
         state["k"], state["v"] = k[:, :, keep], v[:, :, keep]
-        if "offset" in state:
-            state["offset"] = state["offset"] + t
+        state["offset"] = state["offset"] + t
 
-    group = self.num_heads // self.num_kv_heads
-    q = (q * d**-0.5).transpose(1, 2).reshape(b, self.num_kv_heads, group * t, d)
+    q, group = _grouped_queries(self, q)
     if state is None and self.context is not None:
         x = _banded_attention(q, k, v, group, t, self.context)
     else:
-        # Absolute positions: queries start at `offset`, keys at `offset - past_len`.
-        pos_q = offset + torch.arange(t, dtype=torch.long)
-        pos_k = (offset - past_len) + torch.arange(k.shape[2], dtype=torch.long)
-        delta = pos_q[:, None] - pos_k[None, :]
-        mask = delta >= 0
+        pos_q = offset[:, None] + torch.arange(t, dtype=torch.long)[None, :]  # [B, t]
+        pos_k = (offset - past_len)[:, None] + torch.arange(k.shape[2], dtype=torch.long)
+        delta = pos_q[:, :, None] - pos_k[:, None, :]  # [B, t, P + t]
+        mask = (delta >= 0) & (pos_k[:, None, :] >= 0)
         if self.context is not None:
             mask = mask & (delta < self.context)
         scores = torch.matmul(q, k.transpose(-1, -2))  # [B, H_kv, group * t, P + t]
-        scores = scores.masked_fill(~mask.repeat(group, 1), float("-inf"))
+        scores = scores.masked_fill(~mask.repeat(1, group, 1)[:, None], float("-inf"))
         x = torch.matmul(torch.softmax(scores, dim=-1), v)
-    x = x.reshape(b, self.num_heads, t, d).transpose(1, 2).reshape(b, t, self.num_heads * d)
-    return self.out_proj(x)
+    return _finish(self, x, b, t)
+
+
+def _buffered_attention(self, query, state):
+    """Fast-KV / batched step: keys and values of row b live in the read-only buffers
+    `buf_k`/`buf_v` [B, H_kv, C, d] at [0, offset[b]); only the new rows are returned
+    (`new_k`/`new_v`), for the runtime to write into its buffer. Scores against the buffer
+    and against the new rows are computed apart and only the scores are concatenated, so
+    no step copies the cache."""
+    b, t, _ = query.shape
+    q, k, v = _project(self, query)
+    offset = state["offset"].reshape(-1)
+    q, k = _rope(q, k, offset, self.rope.max_period)
+    k, v = k.transpose(1, 2), v.transpose(1, 2)
+    state["new_k"], state["new_v"] = k, v
+    buf_k, buf_v = state["buf_k"], state["buf_v"]
+    q, group = _grouped_queries(self, q)
+    steps = torch.arange(t, dtype=torch.long)
+    pos_q = offset[:, None] + steps[None, :]  # [B, t]
+    cache_pos = torch.arange(buf_k.shape[2], dtype=torch.long)
+    delta_c = pos_q[:, :, None] - cache_pos[None, None, :]  # [B, t, C]
+    mask_c = (cache_pos[None, None, :] < offset[:, None, None]) & (delta_c >= 0)  # [B, t, C]
+    delta_n = steps[:, None] - steps[None, :]  # [t, t]
+    mask_n = delta_n >= 0
+    if self.context is not None:
+        mask_c = mask_c & (delta_c < self.context)
+        mask_n = mask_n & (delta_n < self.context)
+    mask_c = mask_c.repeat(1, group, 1)[:, None]  # [B, 1, group * t, C]
+    mask_n = mask_n.repeat(group, 1)  # [group * t, t]
+    s_cache = torch.matmul(q, buf_k.transpose(-1, -2)).masked_fill(~mask_c, float("-inf"))
+    s_new = torch.matmul(q, k.transpose(-1, -2)).masked_fill(~mask_n, float("-inf"))
+    p = torch.softmax(torch.cat([s_cache, s_new], dim=-1), dim=-1)
+    cache_len = buf_k.shape[2]
+    x = torch.matmul(p[..., :cache_len], buf_v) + torch.matmul(p[..., cache_len:], v)
+    return _finish(self, x, b, t)
 
 
 def _banded_attention(q, k, v, group: int, t, context: int):

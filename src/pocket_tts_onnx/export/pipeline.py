@@ -2,12 +2,16 @@
 
 Everything is written into a temporary directory next to the output and moved into place at
 the end, so a failed or interrupted export leaves a previous bundle untouched and no partial
-one behind.
+one behind. Files of the previous bundle that no export wrote (the user's notes, saved
+voices) are carried into the new one; leftovers of killed exports are recovered or removed
+(`bundle_recovery`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -15,12 +19,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pocket_tts_onnx import __version__
+from pocket_tts_onnx.bundle_recovery import (
+    backup_path,
+    remove_dead_leftovers,
+    restore_interrupted,
+    staging_prefix,
+)
 from pocket_tts_onnx.errors import ExportError
-from pocket_tts_onnx.export.exporter import export_all, model_graph_specs
+from pocket_tts_onnx.export.exporter import OPSET, export_all, model_graph_specs
+from pocket_tts_onnx.export.hub import offline_if_hub_unreachable
 from pocket_tts_onnx.export.loading import LoadedModel, ModelSource, load_model
+from pocket_tts_onnx.export.optimize import optimize_graphs
 from pocket_tts_onnx.export.patches import check_pocket_tts_version
 from pocket_tts_onnx.export.quantize import quantize_graph
+from pocket_tts_onnx.export.sherpa import write_sherpa_tokenizer
 from pocket_tts_onnx.export.verify import GraphReport, reference_cases, verify_graph
+from pocket_tts_onnx.export.voices import export_voices
 from pocket_tts_onnx.manifest import (
     MANIFEST_NAME,
     Defaults,
@@ -29,6 +43,7 @@ from pocket_tts_onnx.manifest import (
     TokenizerInfo,
     file_sha256,
 )
+from pocket_tts_onnx.specs import GRAPH_NAMES, VARIANT_NAMES
 from pocket_tts_onnx.text import TextRules
 
 REPORT_NAME = "verify_report.json"
@@ -36,11 +51,21 @@ RANDOM_WEIGHTS_NOTE = (
     "RANDOM WEIGHTS: this bundle has the real architecture with seeded random weights. "
     "It produces noise, not speech; use it for testing and benchmarking only."
 )
+DEMO_NOTE = (
+    "RANDOM WEIGHTS: this is the embedded demo model, a tiny Pocket TTS-shaped architecture "
+    "(far smaller than any real model) with seeded random weights. It produces noise, not "
+    "speech; use it to try the tools offline."
+)
 
 
-def _prepare_output(output: Path) -> None:
+def _prepare_output(output: Path, notify: Callable[[str], None]) -> Path:
+    """Check `--output` and clean up after interrupted exports; returns the real folder to
+    write (a symlinked `--output` stays a symlink: its target is replaced)."""
+    if output.is_symlink():
+        output = Path(os.path.realpath(output))
     if output.exists() and not output.is_dir():
         raise ExportError(f"--output {output} exists and is not a directory")
+    restore_interrupted(output, notify)
     if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_NAME).is_file():
         raise ExportError(
             f"--output {output} is a non-empty directory that is not a bundle; refusing to "
@@ -52,13 +77,69 @@ def _prepare_output(output: Path) -> None:
             pass
     except OSError as e:
         raise ExportError(f"cannot write to {output.parent} (--output): {e.strerror or e}") from e
+    remove_dead_leftovers(output, notify)
+    return output
 
 
-def _install(staging: Path, output: Path) -> None:
+def _exporter_files(bundle: Path) -> set[str]:
+    """Files of `bundle` an export wrote: every file its manifest names anywhere (graphs,
+    tokenizer, voices, sherpa-onnx files...); the rest is the user's."""
+    owned = {MANIFEST_NAME, REPORT_NAME}
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, str) and 0 < len(node) < 300 and (bundle / node).is_file():
+            owned.add(node)
+
+    try:
+        walk(json.loads((bundle / MANIFEST_NAME).read_text(encoding="utf-8")))
+    except (OSError, ValueError):  # unreadable manifest: the names exporters always use
+        owned.update(f"{n}{s}.onnx" for n in GRAPH_NAMES + VARIANT_NAMES for s in ("", "_int8"))
+        owned.update(("tokenizer.model", "tokenizer.json"))
+    return {Path(f).as_posix() for f in owned if f}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)  # same filesystem (staging is beside the bundle): no copy
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _carry_user_files(old: Path, staging: Path, notify: Callable[[str], None]) -> None:
+    """Put the user's own files of the previous bundle (NOTES.txt, a saved voice...) into the
+    new one, so that re-exporting never deletes them."""
+    owned = _exporter_files(old)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for root, dirs, files in os.walk(old):
+        here = Path(root)
+        links = [d for d in dirs if (here / d).is_symlink()]
+        dirs[:] = [d for d in dirs if d not in links]
+        for name in [*files, *links]:
+            rel = (here / name).relative_to(old)
+            if rel.as_posix() in owned:
+                continue
+            target = staging / rel
+            if target.exists() or target.is_symlink():  # the new export wrote that name
+                target = target.with_name(f"{target.name}.kept-{stamp}")
+                notify(f"kept your {rel} as {target.name}: the new bundle has a file of that name")
+            _link_or_copy(here / name, target)
+
+
+def _install(staging: Path, output: Path, notify: Callable[[str], None]) -> None:
     """Swap the finished staging directory into place; the old bundle goes last."""
     backup = None
     if output.exists():
-        backup = output.with_name(f".{output.name}.old-{int(time.time() * 1000)}")
+        _carry_user_files(output, staging, notify)
+        backup = backup_path(output)
         output.rename(backup)
     try:
         staging.rename(output)
@@ -109,6 +190,7 @@ def _build_manifest(
     random_weights: bool,
     pocket_tts_version: str,
     tokenizer_file: str,
+    note: str | None = None,
 ) -> Manifest:
     model = loaded.model
     mimi = model.mimi
@@ -141,9 +223,11 @@ def _build_manifest(
             kind=loaded.tokenizer_kind,
             vocab_size=int(model.flow_lm.conditioner.embed.num_embeddings - 1),
             origin=loaded.tokenizer_origin,
+            sha256=file_sha256(staging / tokenizer_file),
         ),
         graphs=graphs,
-        notes=[RANDOM_WEIGHTS_NOTE] if random_weights else [],
+        notes=[note] if note else [],
+        opset=OPSET,
     )
 
 
@@ -154,19 +238,20 @@ def export_bundle(
     quantize: bool = False,
     verify: bool = True,
     progress: Callable[[str], None] = lambda _: None,
+    voices: str | tuple[str, ...] = "all",
 ) -> tuple[Manifest, list[GraphReport]]:
     """Export, optionally quantize, verify against upstream and install the bundle at `output`."""
     version = check_pocket_tts_version()
-    output = Path(output)
-    _prepare_output(output)
+    output = _prepare_output(Path(output), progress)
     progress(f"loading model ({source.language or source.config or 'demo'})")
     loaded = load_model(source)
     model = loaded.model
     specs = model_graph_specs(model)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(output), dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be served and shared
     try:
         paths = export_all(model, specs, staging, progress)
+        optimize_graphs(paths, progress)  # before verification and quantization
         int8 = {}
         if quantize:
             for name, path in paths.items():
@@ -176,6 +261,8 @@ def export_bundle(
             "tokenizer.json" if loaded.tokenizer_kind == "tokenizers" else "tokenizer.model"
         )
         shutil.copyfile(loaded.tokenizer_path, staging / tokenizer_file)
+        # sherpa-onnx reads the tokenizer as vocab.json + token_scores.json (unigram only).
+        sherpa = write_sherpa_tokenizer(staging / tokenizer_file, loaded.tokenizer_kind, staging)
         reports = []
         if verify:
             progress("verifying against upstream PyTorch")
@@ -185,11 +272,25 @@ def export_bundle(
             (staging / REPORT_NAME).write_text(
                 json.dumps({r.graph: r.to_dict() for r in reports}, indent=2) + "\n"
             )
+        # Voices after the graphs: their model id is the fp32 flow_lm_main's sha256.
+        main = specs["flow_lm_main"]
+        with offline_if_hub_unreachable(not source.demo):  # no 25 s retry storm offline
+            voice_entries, default_voice, voice_notes = export_voices(
+                loaded, source, main, paths["flow_lm_main"], staging, voices, verify, progress
+            )
+        note = DEMO_NOTE if source.demo else RANDOM_WEIGHTS_NOTE if source.random_init else None
         manifest = _build_manifest(
-            loaded, specs, staging, source.random_init or source.demo, version, tokenizer_file
+            loaded, specs, staging, source.random_init or source.demo, version, tokenizer_file, note
+        )
+        manifest = dataclasses.replace(
+            manifest,
+            voices=voice_entries,
+            default_voice=default_voice,
+            notes=[*manifest.notes, *voice_notes],
+            sherpa_onnx=sherpa,
         )
         manifest.save(staging)
-        _install(staging, output)
+        _install(staging, output, progress)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -173,7 +173,10 @@ _SYLLABLES = [
     "ç",
     "ß",
 ]
-_MARKS = [".", ".", "!", "?", "...", ",", ";", ":", " -", "'s", ")", '"']
+# No "...": a ".." piece makes "..." two equal-score segmentations ("." + ".." or ".." + "."),
+# which SentencePiece and tokenizers' Unigram break differently; the stand-in must give the
+# same ids in both formats, so "..." stays three "." pieces.
+_MARKS = [".", ".", "!", "?", ",", ";", ":", " -", "'s", ")", '"']
 
 
 def _corpus(n_lines: int, seed: int) -> list[str]:
@@ -218,3 +221,49 @@ def train_standin_tokenizer(vocab_size: int, path: Path, seed: int = 0) -> Path:
     if produced != path:
         produced.replace(path)
     return path
+
+
+def sentencepiece_to_tokenizer_json(model_path: Path, json_path: Path) -> Path:
+    """Convert a SentencePiece unigram `.model` to a HuggingFace `tokenizer.json` with the same
+    ids, the way upstream says its released tokenizer.json files were made: the unigram
+    pieces and scores, the model's own normalization table (the Precompiled charsmap of its
+    normalizer spec), whitespace collapsing, and the "▁" word-boundary prefix."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(model_path).read_bytes())
+    if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
+        raise ValueError(f"{model_path} is not a unigram SentencePiece model")
+    spec = proto.normalizer_spec
+    vocab = [(p.piece, p.score) for p in proto.pieces]
+    byte_fallback = bool(proto.trainer_spec.byte_fallback)
+    tok = Tokenizer(models.Unigram(vocab, proto.trainer_spec.unk_id, byte_fallback))
+    steps = []
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:
+        steps += [normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")]
+    if steps:
+        tok.normalizer = normalizers.Sequence(steps)
+    scheme = "always" if spec.add_dummy_prefix else "never"
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)
+    # SentencePiece decodes the unknown piece as " ⁇ " and drops the dummy-prefix space.
+    unk = proto.pieces[proto.trainer_spec.unk_id].piece
+    steps = [decoders.Replace(unk, " ⁇ "), decoders.Replace("▁", " ")]
+    steps += [decoders.ByteFallback(), decoders.Fuse()]
+    if spec.add_dummy_prefix:
+        steps.append(decoders.Strip(" ", 1, 0))
+    tok.decoder = decoders.Sequence(steps)
+    tok.save(str(json_path))
+    return Path(json_path)
+
+
+def train_standin_tokenizer_json(vocab_size: int, path: Path, seed: int = 0) -> Path:
+    """A stand-in `tokenizer.json`: a trained SentencePiece unigram model, converted."""
+    path = Path(path)
+    model = train_standin_tokenizer(vocab_size, path.with_name(path.stem + ".model"), seed)
+    try:
+        return sentencepiece_to_tokenizer_json(model, path)
+    finally:
+        model.unlink(missing_ok=True)

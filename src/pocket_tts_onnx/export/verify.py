@@ -90,6 +90,7 @@ def _flow_lm_main_cases(model) -> Iterator[list[Step]]:
     calls = [
         (empty_seq, voice),
         (empty_seq, text),
+        (empty_text, empty_text),  # marker: an S + T = 0 call
         (torch.full((1, 1, flow_lm.ldim), np.nan), empty_text),
     ]
     calls += [
@@ -98,6 +99,9 @@ def _flow_lm_main_cases(model) -> Iterator[list[Step]]:
     state = init_states(flow_lm, batch_size=1, sequence_length=64 + STREAM_STEPS)
     steps = []
     for seq, emb in calls:
+        if seq is empty_text:  # the documented S + T = 0 no-op: states must pass through
+            steps.append(({"sequence": _np(empty_seq), "text_embeddings": _np(empty_text)}, {}))
+            continue
         latents = torch.where(torch.isnan(seq), flow_lm.bos_emb, seq)
         hidden = flow_lm.backbone(flow_lm.input_linear(latents), emb, seq, state)[:, -1]
         increment_steps(flow_lm, state, seq.shape[1] + emb.shape[1])
@@ -114,6 +118,10 @@ def _state_refs(model, state) -> dict[str, np.ndarray]:
 
     refs = {}
     for spec in flow_lm_state_specs(model.flow_lm):
+        if spec.upstream_key == "offset":  # every layer holds the same count
+            first = next(v for v in state.values() if "offset" in v)
+            refs[spec.output_name] = _np(first["offset"]).reshape(1).astype(np.int64)
+            continue
         module_state = state[spec.upstream_module.split(".", 1)[1]]
         filled = int(module_state["offset"].view(-1)[0])
         refs[spec.output_name] = spec.from_upstream_cache(_np(module_state["cache"]), filled)
@@ -152,6 +160,80 @@ def _mimi_decoder_cases(model) -> Iterator[list[Step]]:
     yield steps
 
 
+def _flow_lm_step_cases(model) -> Iterator[list[Step]]:
+    """Two streams with different voice and text prompt lengths (one text prompt fed in two
+    blocks, as the engine does for long chunks), prompted one at a time, then stepped
+    together from different positions. Each row is compared with upstream running that
+    stream alone. Inputs carry a `rows` entry: the batch rows the call runs on."""
+    from pocket_tts.modules.stateful_module import increment_steps, init_states
+
+    flow_lm = model.flow_lm
+    gen = _rng(50)
+    dim, ldim = flow_lm.dim, flow_lm.ldim
+    empty_seq, empty_text = torch.empty(1, 0, ldim), torch.empty(1, 0, dim)
+    prompts = [
+        [torch.randn(1, 9, dim, generator=gen), torch.randn(1, 6, dim, generator=gen)],
+        [torch.randn(1, 4, dim, generator=gen), torch.randn(1, 11, dim, generator=gen)],
+    ]
+    prompts[1][1:] = [prompts[1][1][:, :5], prompts[1][1][:, 5:]]
+    states = [init_states(flow_lm, 1, 64 + STREAM_STEPS) for _ in prompts]
+
+    def upstream(row, seq, emb):
+        latents = torch.where(torch.isnan(seq), flow_lm.bos_emb, seq)
+        hidden = flow_lm.backbone(flow_lm.input_linear(latents), emb, seq, states[row])[:, -1]
+        increment_steps(flow_lm, states[row], seq.shape[1] + emb.shape[1])
+        return hidden, flow_lm.out_eos(hidden)
+
+    steps = []
+    for row, embs in enumerate(prompts):
+        for emb in embs:
+            hidden, eos = upstream(row, empty_seq, emb)
+            inputs = {"rows": np.array([row, row + 1]), "sequence": _np(empty_seq)}
+            inputs["text_embeddings"] = _np(emb)
+            steps.append((inputs, {"conditioning": _np(hidden), "eos_logit": _np(eos)}))
+    seqs = [torch.full((1, 1, ldim), np.nan)] * 2
+    for _ in range(STREAM_STEPS):
+        outs = [upstream(row, seqs[row], empty_text) for row in range(2)]
+        inputs = {
+            "rows": np.array([0, 2]),
+            "sequence": _np(torch.cat(seqs)),
+            "text_embeddings": np.zeros((2, 0, dim), np.float32),
+        }
+        refs = {
+            "conditioning": np.concatenate([_np(h) for h, _ in outs]),
+            "eos_logit": np.concatenate([_np(e) for _, e in outs]),
+        }
+        steps.append((inputs, refs))
+        seqs = [torch.randn(1, 1, ldim, generator=gen) for _ in range(2)]
+    yield steps
+
+
+def _mimi_decoder_batched_cases(model) -> Iterator[list[Step]]:
+    """Row 0 decodes from the start; row 1 joins after 5 calls (a fresh zero row beside
+    row 0's filled window: its window rows are masked by position). Each row is compared
+    with upstream decoding that stream alone. A `join` input marks the call it joins at."""
+    from pocket_tts.modules.stateful_module import increment_steps, init_states
+
+    mimi, flow_lm = model.mimi, model.flow_lm
+    per_latent = int(mimi.encoder_frame_rate / mimi.frame_rate)
+    sizes = [1 + (i % 3) for i in range(STREAM_STEPS)]
+    states = [init_states(mimi, 1, sum(sizes) * per_latent + 8) for _ in range(2)]
+    gen = _rng(60)
+    steps = []
+    for i, frames in enumerate(sizes):
+        rows = 1 if i < 5 else 2
+        latents, audio = [], []
+        for row in range(rows):
+            latent = torch.randn(1, frames, flow_lm.ldim, generator=gen)
+            out = mimi.decode_from_latent(latent * flow_lm.emb_std + flow_lm.emb_mean, states[row])
+            increment_steps(mimi, states[row], increment=per_latent * frames)
+            latents.append(_np(latent))
+            audio.append(_np(out))
+        inputs = {"latent": np.concatenate(latents), "join": np.array(i == 5)}
+        steps.append((inputs, {"audio_frame": np.concatenate(audio)}))
+    yield steps
+
+
 def reference_cases(model, specs: dict[str, GraphSpec]) -> dict[str, list[list[Step]]]:
     with torch.no_grad():
         return {
@@ -160,18 +242,68 @@ def reference_cases(model, specs: dict[str, GraphSpec]) -> dict[str, list[list[S
             "flow_lm_main": list(_flow_lm_main_cases(model)),
             "flow_lm_flow": list(_flow_lm_flow_cases(model, specs["flow_lm_flow"])),
             "mimi_decoder": list(_mimi_decoder_cases(model)),
+            "flow_lm_step": list(_flow_lm_step_cases(model)),
+            "mimi_decoder_batched": list(_mimi_decoder_batched_cases(model)),
         }
 
 
-def run_stream(session: ort.InferenceSession, spec: GraphSpec, steps: list[Step]) -> list[dict]:
-    """Run one case, starting from all-zero states and looping state outputs back by name."""
-    states = spec.initial_states()
+def run_buffered(session: ort.InferenceSession, spec: GraphSpec, steps: list[Step]) -> list[dict]:
+    """flow_lm_step through the runtime's own KVBuffers (small capacity, so it grows)."""
+    from pocket_tts_onnx.runtime.kv_buffer import KVBuffers
+
+    buffers = KVBuffers(spec, rows=2, capacity=4)
     output_names = [t.name for t in spec.all_outputs]
     results = []
     for inputs, _ in steps:
-        values = session.run(output_names, {**inputs, **states})
+        rows = slice(*inputs["rows"])
+        feeds = {k: v for k, v in inputs.items() if k != "rows"}
+        new = feeds["sequence"].shape[1] + feeds["text_embeddings"].shape[1]
+        values = session.run(output_names, {**feeds, **buffers.prepare(rows, new)})
+        out = dict(zip(output_names, values, strict=True))
+        buffers.append(rows, out)
+        results.append(out)
+    return results
+
+
+def run_batched_decoder(
+    session: ort.InferenceSession, spec: GraphSpec, steps: list[Step]
+) -> list[dict]:
+    """mimi_decoder_batched with a stream joining mid-way (runtime's join_decoder_row)."""
+    from pocket_tts_onnx.runtime.kv_buffer import join_decoder_row
+
+    states = spec.initial_states(batch=1)
+    output_names = [t.name for t in spec.all_outputs]
+    results = []
+    for inputs, _ in steps:
+        if inputs["join"]:
+            states = join_decoder_row(spec, states)
+        values = session.run(output_names, {"latent": inputs["latent"], **states})
         out = dict(zip(output_names, values, strict=True))
         states = {s.name: out[s.output_name] for s in spec.states}
+        results.append(out)
+    return results
+
+
+def _runner(spec: GraphSpec):
+    if spec.buffers:
+        return run_buffered
+    if spec.name == "mimi_decoder_batched":
+        return run_batched_decoder
+    return run_stream
+
+
+def run_stream(
+    session: ort.InferenceSession, spec: GraphSpec, steps: list[Step], dynamic: int = 0
+) -> list[dict]:
+    """Run one case, starting from all-zero states (dynamic axes at `dynamic`) and looping
+    state outputs back by name."""
+    from pocket_tts_onnx.runtime.graph import StatefulGraph
+
+    graph = StatefulGraph(session, spec, check_io=False)
+    states = graph.initial_states(dynamic)
+    results = []
+    for inputs, _ in steps:
+        out, states = graph.step(inputs, states)
         results.append(out)
     return results
 
@@ -182,34 +314,48 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+# Zero-init conventions every stateful contract graph must give the same results under:
+# dynamic axes at 0 (ours) and at 1 (sherpa-onnx); rows before the counter are masked.
+INIT_CONVENTIONS = (0, 1)
+
+
 def verify_graph(
     spec: GraphSpec, cases: list[list[Step]], fp32: Path, int8: Path | None = None
 ) -> GraphReport:
     session = _session(fp32)
+    runner = _runner(spec)
     max_err: dict[str, float] = {}
     scale: dict[str, float] = {}
     fp32_outputs = []
     n_steps = 0
+
+    def compare(name: str, got: np.ndarray, ref: np.ndarray, label: str) -> None:
+        if got.shape != ref.shape:
+            raise VerificationError(
+                spec.name, label, float("inf"), spec.tolerance,
+                f"shape {got.shape} != upstream {ref.shape}",
+            )  # fmt: skip
+        err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+        if not np.isfinite(err):
+            raise VerificationError(spec.name, label, err, spec.tolerance, "non-finite")
+        max_err[label] = max(max_err.get(label, 0.0), err)
+        scale[label] = max(scale.get(label, 0.0), float(np.max(np.abs(ref), initial=0.0)))
+
     for steps in cases:
-        outs = run_stream(session, spec, steps)
+        outs = runner(session, spec, steps)
         fp32_outputs.append(outs)
         for (_, refs), out in zip(steps, outs, strict=True):
             n_steps += 1
             for name, ref in refs.items():
-                got = out[name]
-                if got.shape != ref.shape:
-                    raise VerificationError(
-                        spec.name,
-                        name,
-                        float("inf"),
-                        spec.tolerance,
-                        f"shape {got.shape} != upstream {ref.shape}",
-                    )
-                err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
-                if not np.isfinite(err):
-                    raise VerificationError(spec.name, name, err, spec.tolerance, "non-finite")
-                max_err[name] = max(max_err.get(name, 0.0), err)
-                scale[name] = max(scale.get(name, 0.0), float(np.max(np.abs(ref), initial=0.0)))
+                compare(name, out[name], ref, name)
+        if runner is run_stream and spec.states:
+            # Other init conventions: the same outputs (states differ by the junk prefix).
+            for dynamic in INIT_CONVENTIONS[1:]:
+                alt = run_stream(session, spec, steps, dynamic=dynamic)
+                for (_, refs), out in zip(steps, alt, strict=True):
+                    for t in spec.outputs:
+                        if t.name in refs:
+                            compare(t.name, out[t.name], refs[t.name], f"{t.name}@init{dynamic}")
     errors = {name: max_err[name] / max(scale[name], 1e-6) for name in max_err}
     report = GraphReport(spec.name, len(cases), n_steps, errors, spec.tolerance)
     for name, err in errors.items():
@@ -224,7 +370,7 @@ def _int8_error(spec, cases, fp32_outputs, session) -> dict[str, float]:
     num: dict[str, float] = {}
     den: dict[str, float] = {}
     for steps, ref_outs in zip(cases, fp32_outputs, strict=True):
-        for out, ref in zip(run_stream(session, spec, steps), ref_outs, strict=True):
+        for out, ref in zip(_runner(spec)(session, spec, steps), ref_outs, strict=True):
             for t in spec.outputs:
                 a, b = out[t.name].astype(np.float64), ref[t.name].astype(np.float64)
                 if not np.all(np.isfinite(a)):

@@ -1,85 +1,62 @@
-"""The torch-free engine: text -> chunks -> autoregressive latents -> streaming Mimi audio.
+"""The torch-free engine: a thin front over the runtime pieces.
 
-The ONNX graphs are pure functions; this module owns everything upstream's `TTSModel` does
-around them: the per-chunk copy of the voice state, the NaN BOS step, noise with temperature,
-the flow head's solver loop, the EOS rule, the max-length estimate, the per-chunk fresh
-decoder with its 5 ms fade-in, and the generator/decoder thread overlap of streaming.
-States are looped back by the names the manifest gives, never by position.
+text -> chunks (text.py) -> latents (generation.py: prompt, NaN-BOS loop, EOS; sampling.py:
+noise and flow-head solvers) -> audio (decoder.py: Mimi per chunk with its fade-in), with
+streaming.py overlapping the two on a worker thread. Graphs are run through StatefulGraph
+(graph.py), which loops states back by the manifest's names; voices.py checks and loads
+voices; sessions.py opens the bundle's graphs. `PocketTTSOnnx` wires these to a bundle and
+validates parameters once (config.py's GenerationConfig) in the caller's thread;
+`generate_batch` hands several texts to batching.py's scheduler.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import queue
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from pocket_tts_onnx.errors import BundleError, InvalidInputError, VoiceError
-from pocket_tts_onnx.manifest import PRECISIONS, Manifest, file_sha256
-from pocket_tts_onnx.runtime.audio import fade_in, prepare_voice_audio, read_audio
+from pocket_tts_onnx.errors import InvalidInputError, VoiceError
+from pocket_tts_onnx.manifest import PRECISIONS, Manifest
+from pocket_tts_onnx.runtime.audio import prepare_voice_audio, read_audio
+from pocket_tts_onnx.runtime.buffered_generation import BufferedLatentGenerator
+from pocket_tts_onnx.runtime.config import GenerationConfig
+from pocket_tts_onnx.runtime.decoder import MAX_DECODE_FRAMES, ChunkDecoder, fade_in_samples
+from pocket_tts_onnx.runtime.generation import LatentGenerator
+from pocket_tts_onnx.runtime.graph import GraphSet, StatefulGraph
+from pocket_tts_onnx.runtime.sampling import FlowSampler
+from pocket_tts_onnx.runtime.sessions import default_session_options, open_bundle_graph
+from pocket_tts_onnx.runtime.streaming import AudioChunk, stream_audio
 from pocket_tts_onnx.runtime.tokenizer import Tokenizer, load_tokenizer
-from pocket_tts_onnx.runtime.voice_file import (
-    load_upstream_voice_safetensors,
-    load_voice_npz,
-    save_voice_npz,
+from pocket_tts_onnx.runtime.voice_file import load_upstream_voice_safetensors, load_voice_npz
+from pocket_tts_onnx.runtime.voices import (
+    NO_VOICE,
+    VOICE_FORMAT,
+    Voice,
+    VoiceCatalog,
+    check_voice_states,
+    readonly,
+    states_from_upstream,
 )
-from pocket_tts_onnx.specs import GRAPH_NAMES, GraphSpec
-from pocket_tts_onnx.text import estimate_max_frames, text_to_chunk_tokens
+from pocket_tts_onnx.specs import GRAPH_NAMES
+from pocket_tts_onnx.text import TextChunk, text_to_chunk_tokens
 
-VOICE_FORMAT = "pocket-tts-onnx voice v1"
-# Mimi decodes at most this many latents per call. Measured on the English decoder: 16 frames
-# per call peak at +175 MB of transient memory, 4 frames at +20 MB, for the same audio.
-MAX_DECODE_FRAMES = 4
+__all__ = [
+    "MAX_DECODE_FRAMES",
+    "NO_VOICE",
+    "VOICE_FORMAT",
+    "AudioChunk",
+    "GenerationConfig",
+    "PocketTTSOnnx",
+    "Voice",
+    "default_session_options",
+]
 
-
-@dataclass(frozen=True)
-class AudioChunk:
-    """A piece of streamed audio: mono float32 samples at `sample_rate`."""
-
-    samples: np.ndarray
-    sample_rate: int
-
-    @property
-    def duration(self) -> float:
-        return self.samples.shape[0] / self.sample_rate
-
-
-@dataclass(frozen=True)
-class Voice:
-    """flow_lm_main states after a voice prompt. Arrays are read-only: generation copies
-    nothing and never mutates them, so one Voice serves any number of calls."""
-
-    states: dict[str, np.ndarray]
-    model_id: str
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        save_voice_npz(path, self.states, {"format": VOICE_FORMAT, "model_id": self.model_id})
-
-
-@dataclass(frozen=True)
-class _Params:
-    temperature: float
-    decode_steps: int
-    eos_threshold: float
-    frames_after_eos: int | None
-    noise_clamp: float | None
-    max_frames: int | None
-    seed: int | None
-
-
-def _readonly(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out = {}
-    for name, value in arrays.items():
-        arr = np.array(value, copy=True)
-        arr.flags.writeable = False
-        out[name] = arr
-    return out
+VoiceArg = Voice | str | None
+FAST_KV = "flow_lm_step"
+SessionFactory = Callable[[str], ort.InferenceSession]
 
 
 class PocketTTSOnnx:
@@ -90,23 +67,44 @@ class PocketTTSOnnx:
         manifest: Manifest,
         sessions: dict[str, ort.InferenceSession],
         tokenizer: Tokenizer,
+        bundle: str | os.PathLike[str] | None = None,
+        session_factory: SessionFactory | None = None,
     ):
-        missing = [g for g in GRAPH_NAMES if g not in sessions]
+        # With the fast-KV variant, flow_lm_main opens only if something asks for it.
+        lazy_main = session_factory is not None and FAST_KV in manifest.graphs
+        missing = [
+            g for g in GRAPH_NAMES if g not in sessions and not (lazy_main and g == "flow_lm_main")
+        ]
         if missing:
             raise InvalidInputError(f"sessions missing for graphs: {', '.join(missing)}")
+        unknown = sorted(set(sessions) - set(manifest.graphs))
+        if unknown:
+            raise InvalidInputError(f"sessions given for graphs the manifest lacks: {unknown}")
         self.manifest = manifest
         self.tokenizer = tokenizer
-        self._sessions = sessions
-        self._specs: dict[str, GraphSpec] = {n: manifest.graphs[n].spec for n in GRAPH_NAMES}
-        for name, spec in self._specs.items():
-            _check_session_io(name, spec, sessions[name])
-        main = self._specs["flow_lm_main"]
-        self._main_outputs = [t.name for t in main.all_outputs]
-        self._dec_outputs = [t.name for t in self._specs["mimi_decoder"].all_outputs]
-        self._flow_inputs = [t.name for t in self._specs["flow_lm_flow"].inputs]
-        self.model_id = manifest.graphs["flow_lm_main"].sha256[
-            manifest.graphs["flow_lm_main"].files["fp32"]
-        ]
+        self._graphs = GraphSet(manifest, dict(sessions), session_factory)
+        self._sampler = FlowSampler(
+            self._graphs["flow_lm_flow"], manifest.flow_type, manifest.latent_dim
+        )
+        self._main_spec = manifest.graphs["flow_lm_main"].spec
+        if FAST_KV in self._graphs:  # same results, no cache copy per step
+            self._generator = BufferedLatentGenerator(
+                manifest, self._graphs["text_conditioner"], self._graphs[FAST_KV],
+                self._sampler, self._main_spec,
+            )  # fmt: skip
+        else:
+            self._generator = LatentGenerator(
+                manifest, self._graphs["text_conditioner"], self._graphs["flow_lm_main"],
+                self._sampler,
+            )  # fmt: skip
+        self._fade_in = fade_in_samples(manifest.sample_rate, manifest.defaults.fade_in_seconds)
+        main = manifest.graphs["flow_lm_main"]
+        self.model_id = main.sha256[main.files["fp32"]]
+        self._voices = VoiceCatalog(
+            manifest,
+            Path(bundle) if bundle is not None else None,
+            lambda path: self.load_voice(path, check_model=False),
+        )
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -128,26 +126,24 @@ class PocketTTSOnnx:
             raise InvalidInputError(f"threads must be a positive integer, got {threads!r}")
         bundle = Path(bundle)
         manifest = Manifest.load(bundle)
-        sessions = {}
-        for name in GRAPH_NAMES:
-            entry = manifest.graphs[name]
-            if precision not in entry.files:
-                raise BundleError(
-                    f"{bundle} has no {precision} file for {name}: re-export with "
-                    "--quantize, or load with precision='fp32'"
-                )
-            path = bundle / entry.files[precision]
-            if not path.is_file():
-                raise BundleError(f"{path} is missing from the bundle; re-export it")
-            if verify_checksums and file_sha256(path) != entry.sha256[entry.files[precision]]:
-                raise BundleError(
-                    f"{path} does not match the sha256 in manifest.json: the file is corrupted "
-                    "or was replaced; re-export or re-download the bundle"
-                )
-            sessions[name] = _open_session(path, session_options, threads, providers)
+
+        def open_graph(name: str) -> ort.InferenceSession:
+            return open_bundle_graph(
+                bundle, manifest, name, precision, verify_checksums,
+                session_options, threads, providers,
+            )  # fmt: skip
+
+        sessions = {
+            name: open_graph(name)
+            for name in GRAPH_NAMES
+            if not (name == "flow_lm_main" and FAST_KV in manifest.graphs)
+        }
         tokenizer_path = bundle / manifest.tokenizer.file
-        tokenizer = load_tokenizer(tokenizer_path, manifest.tokenizer.kind)
-        return cls(manifest, sessions, tokenizer)
+        tok = manifest.tokenizer  # sha256 and vocabulary size: a swapped tokenizer is refused
+        tokenizer = load_tokenizer(
+            tokenizer_path, tok.kind, tok.sha256 if verify_checksums else None, tok.vocab_size
+        )
+        return cls(manifest, sessions, tokenizer, bundle=bundle, session_factory=open_graph)
 
     @classmethod
     def from_sessions(
@@ -155,18 +151,57 @@ class PocketTTSOnnx:
         manifest: Manifest,
         sessions: dict[str, ort.InferenceSession],
         tokenizer: Tokenizer,
+        bundle: str | os.PathLike[str] | None = None,
     ) -> PocketTTSOnnx:
-        """Use sessions you created yourself (custom providers, shared environments...)."""
-        return cls(manifest, sessions, tokenizer)
+        """Use sessions you created yourself (custom providers, shared environments...).
+        `bundle` (the folder the manifest came from) enables voices by name."""
+        return cls(manifest, sessions, tokenizer, bundle=bundle)
 
     @property
     def sample_rate(self) -> int:
         return self.manifest.sample_rate
 
+    @property
+    def graphs(self) -> Mapping[str, StatefulGraph]:
+        """The bundle's graphs by name, each runnable with states looped back by name: the
+        five contract graphs, plus variants (batched, fast-KV) opened on first access."""
+        return self._graphs
+
+    @property
+    def sampler(self) -> FlowSampler:
+        """Noise and the flow head's solver (used by the benchmark and batch schedulers)."""
+        return self._sampler
+
+    def generation_config(self, **overrides) -> GenerationConfig:
+        """The manifest's defaults with `overrides` (None = default), validated."""
+        return GenerationConfig.from_manifest(self.manifest, **overrides)
+
+    def new_decoder(self) -> ChunkDecoder:
+        """A fresh Mimi decoder for one text chunk (its first samples are faded in)."""
+        return ChunkDecoder(self._graphs["mimi_decoder"], self._fade_in)
+
+    def fade_in_ramp(self) -> np.ndarray:
+        """The gain applied to each chunk's first samples (manifest's fade_in_seconds)."""
+        return np.linspace(0.0, 1.0, self._fade_in, dtype=np.float32)
+
+    def text_chunks(self, text: str) -> list[TextChunk]:
+        """`text` split and tokenized into chunks by the manifest's rules (as upstream)."""
+        return text_to_chunk_tokens(text, self.tokenizer, self.manifest.text)
+
     # ----------------------------------------------------------------------- voices
+    @property
+    def voices(self) -> list[str]:
+        """Names of the voices shipped in the bundle (`generate(text, voice=NAME)`)."""
+        return self._voices.names
+
+    @property
+    def default_voice(self) -> str | None:
+        """The voice `voice=None` uses, or None when the bundle has no default."""
+        return self._voices.default
+
     def empty_state(self) -> dict[str, np.ndarray]:
-        """flow_lm_main states before any prompt (also what `voice=None` uses)."""
-        return self._specs["flow_lm_main"].initial_states()
+        """flow_lm_main states before any prompt (what `voice=NO_VOICE` uses)."""
+        return self._main_spec.initial_states()
 
     def voice_from_audio(
         self,
@@ -178,8 +213,8 @@ class PocketTTSOnnx:
         here: longer prompts do not help and the encoder's attention grows quadratically)."""
         if not self.manifest.voice_cloning:
             raise VoiceError(
-                "this bundle was exported from weights without voice cloning; load a "
-                "precomputed voice with load_voice() instead"
+                "this bundle was exported from weights without voice cloning; use a voice "
+                f"by name ({', '.join(self.voices) or 'none shipped'}) or load_voice()"
             )
         source = None
         if isinstance(audio, tuple):
@@ -198,71 +233,64 @@ class PocketTTSOnnx:
             samples, rate, self.sample_rate, 30.0 if truncate else None, source=source
         )
         try:
-            (latents,) = self._sessions["mimi_encoder"].run(
-                ["latents"], {"audio": mono[None, None]}
-            )
+            latents = self._graphs["mimi_encoder"].run({"audio": mono[None, None]})["latents"]
         except Exception as e:  # in practice: out of memory on a very long prompt
             raise VoiceError(
                 f"encoding the {mono.shape[0] / self.sample_rate:.0f} s voice prompt failed "
                 f"({str(e)[:200]}); use a shorter prompt or truncate=True"
             ) from e
-        states = self._flow_lm(self.empty_state(), self._empty_sequence(), latents)[2]
-        return Voice(_readonly(states), self.model_id)
+        states = self._generator.voice_states(latents, self.empty_state())
+        return Voice(readonly(states), self.model_id)
 
     def load_voice(self, path: str | os.PathLike[str], check_model: bool = True) -> Voice:
         """Load a voice saved by `Voice.save` (.npz) or upstream `export-voice` (.safetensors)."""
         path = Path(path)
+        spec = self._main_spec
         if path.suffix == ".safetensors":
-            states = self._states_from_upstream(load_upstream_voice_safetensors(path), path)
+            states = states_from_upstream(load_upstream_voice_safetensors(path), spec, path)
             model_id = self.model_id  # upstream files carry no model id
         else:
             states, metadata = load_voice_npz(path)
             if metadata.get("format") != VOICE_FORMAT:
                 raise VoiceError(f"{path} is not a pocket-tts-onnx voice file")
             model_id = metadata.get("model_id", "")
-        self._check_voice_states(states, path)
+        check_voice_states(states, spec, path)
         if check_model and model_id != self.model_id:
             raise VoiceError(
                 f"{path} was computed with another model (id {model_id[:12]}..., this bundle "
                 f"is {self.model_id[:12]}...): recompute it with voice_from_audio(), or pass "
                 "check_model=False if the weights are known to be the same"
             )
-        return Voice(_readonly(states), model_id)
+        return Voice(readonly(states), model_id)
 
-    def _states_from_upstream(self, modules: dict, path: Path) -> dict[str, np.ndarray]:
-        """Upstream keeps one "cache" [2, B, T, H, d] per layer; ours are "cache.k"/"cache.v"
-        halves, head-major ([B, H, T, d]) and cut to the filled length."""
-        states = {}
-        for spec in self._specs["flow_lm_main"].states:
-            module = spec.upstream_module.split(".", 1)[1]
-            entry = modules.get(module)
-            if entry is None or "cache" not in entry:
-                raise VoiceError(f"{path} has no {module}/cache: it is not a voice for this model")
-            cache = entry["cache"]
-            filled = int(np.asarray(entry.get("offset", [cache.shape[2]])).reshape(-1)[0])
-            states[spec.name] = spec.from_upstream_cache(cache, filled)
-        return states
+    def start_state(self, voice: VoiceArg = None) -> dict[str, np.ndarray]:
+        """The flow-LM states every text chunk starts from for `voice` (read-only arrays):
+        a Voice, a bundle voice name, None (the default voice, if any) or NO_VOICE."""
+        return self._start_state(voice)
 
-    def _check_voice_states(self, states: dict[str, np.ndarray], path: Path) -> None:
-        for spec in self._specs["flow_lm_main"].states:
-            if spec.name not in states:
-                raise VoiceError(f"{path} lacks state {spec.name!r}: not a voice for this model")
-            got = states[spec.name]
-            ok = got.ndim == len(spec.shape) and all(
-                isinstance(d, str) or d == g for d, g in zip(spec.shape, got.shape, strict=True)
+    def _start_state(self, voice) -> dict[str, np.ndarray]:
+        if voice is None:
+            voice = self._voices.default if self._voices.default is not None else NO_VOICE
+        if voice is NO_VOICE:
+            return self.empty_state()
+        if isinstance(voice, str):
+            voice = self._voices.get(voice)
+        if not isinstance(voice, Voice):
+            raise VoiceError(
+                "voice must be a Voice (from voice_from_audio/load_voice), a voice name "
+                f"({', '.join(self.voices) or 'this bundle has none'}), None or NO_VOICE; got "
+                f"{type(voice).__name__}"
             )
-            if not ok or got.dtype != np.dtype(spec.dtype):
-                raise VoiceError(
-                    f"{path}: state {spec.name!r} ({spec.upstream_module}) has shape "
-                    f"{list(got.shape)} {got.dtype}, this model expects {spec.shape} "
-                    f"{spec.dtype}: the voice was made for a different model"
-                )
+        # Shapes only (cheap): a hand-made Voice for another model fails here, typed; NaN
+        # states were refused at load, and any NaN later is caught at the first step.
+        check_voice_states(voice.states, self._main_spec, "voice", False)
+        return voice.states
 
     # ------------------------------------------------------------------- generation
     def generate(
         self,
         text: str,
-        voice: Voice | None = None,
+        voice: VoiceArg = None,
         *,
         temperature: float | None = None,
         lsd_steps: int | None = None,
@@ -271,21 +299,29 @@ class PocketTTSOnnx:
         noise_clamp: float | None = None,
         seed: int | None = None,
         max_frames: int | None = None,
+        config: GenerationConfig | None = None,
     ) -> np.ndarray:
         """Synthesize `text`; returns mono float32 audio at `sample_rate`. Parameters as in
         `stream`. Runs in the calling thread and decodes in fixed blocks, so the result is
         the same to the bit for the same seed (stream's blocks depend on timing)."""
-        p = self._params(
-            temperature, lsd_steps, eos_threshold, frames_after_eos, noise_clamp, seed, max_frames
+        config = self._config(
+            config,
+            temperature=temperature,
+            lsd_steps=lsd_steps,
+            eos_threshold=eos_threshold,
+            frames_after_eos=frames_after_eos,
+            noise_clamp=noise_clamp,
+            seed=seed,
+            max_frames=max_frames,
         )
         start = self._start_state(voice)
-        chunks = text_to_chunk_tokens(text, self.tokenizer, self.manifest.text)
-        rng = np.random.default_rng(p.seed)
+        chunks = self.text_chunks(text)
+        rng = np.random.default_rng(config.seed)
         pieces = []
         for chunk in chunks:
-            decoder = _Decoder(self)
+            decoder = self.new_decoder()
             block: list[np.ndarray] = []
-            for latent in self._chunk_latents(chunk, start, p, rng, threading.Event()):
+            for latent in self._generator.chunk_latents(chunk, start, config, rng):
                 block.append(latent)
                 if len(block) == MAX_DECODE_FRAMES:
                     pieces.append(decoder.decode(block))
@@ -299,7 +335,7 @@ class PocketTTSOnnx:
     def stream(
         self,
         text: str,
-        voice: Voice | None = None,
+        voice: VoiceArg = None,
         *,
         temperature: float | None = None,
         lsd_steps: int | None = None,
@@ -308,267 +344,68 @@ class PocketTTSOnnx:
         noise_clamp: float | None = None,
         seed: int | None = None,
         max_frames: int | None = None,
-        first_chunk_frames: int = 1,
+        first_chunk_frames: int | None = None,
+        config: GenerationConfig | None = None,
     ) -> Iterator[AudioChunk]:
         """Yield audio as it is made: latents are generated on a worker thread while this
-        generator decodes them. `None` parameters take the manifest's defaults; `max_frames`
-        replaces upstream's per-chunk length estimate; `first_chunk_frames` latents are
-        decoded for the first audio chunk, later chunks take whatever is ready. Closing the
-        generator stops the worker."""
-        p = self._params(
-            temperature, lsd_steps, eos_threshold, frames_after_eos, noise_clamp, seed, max_frames
+        generator decodes them. `voice`: a Voice, a bundle voice name, None (the bundle's
+        default voice, if any) or NO_VOICE. `None` parameters take the manifest's defaults
+        (or `config`'s); `max_frames` replaces upstream's per-chunk length estimate;
+        `first_chunk_frames` latents are decoded for the first audio chunk, later chunks take
+        whatever is ready. Closing the generator stops the worker."""
+        config = self._config(
+            config,
+            temperature=temperature,
+            lsd_steps=lsd_steps,
+            eos_threshold=eos_threshold,
+            frames_after_eos=frames_after_eos,
+            noise_clamp=noise_clamp,
+            seed=seed,
+            max_frames=max_frames,
+            first_chunk_frames=first_chunk_frames,
         )
-        if not isinstance(first_chunk_frames, int) or first_chunk_frames < 1:
-            raise InvalidInputError(f"first_chunk_frames must be >= 1, got {first_chunk_frames}")
         # Bad input fails here, in the caller's thread, before any work starts.
         start = self._start_state(voice)
-        chunks = text_to_chunk_tokens(text, self.tokenizer, self.manifest.text)
-        latents: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        worker = threading.Thread(
-            target=self._produce, args=(chunks, start, p, latents, stop), daemon=True
+        chunks = self.text_chunks(text)
+        return stream_audio(
+            self._generator, self.new_decoder, chunks, start, config, self.sample_rate
         )
-        worker.start()
-        try:
-            yield from self._consume(latents, first_chunk_frames)
-        finally:
-            stop.set()
-            worker.join()
 
-    def _produce(self, chunks, start, p: _Params, out: queue.Queue, stop: threading.Event):
-        """Worker thread: ("chunk", None) before each text chunk's latents, ("latent", x) per
-        frame, ("error", e) if anything fails, and ("done", None) last."""
-        try:
-            rng = np.random.default_rng(p.seed)
-            for chunk in chunks:
-                if stop.is_set():
-                    break
-                out.put(("chunk", None))
-                for latent in self._chunk_latents(chunk, start, p, rng, stop):
-                    out.put(("latent", latent))
-        except BaseException as e:  # handed to the consumer, raised there
-            out.put(("error", e))
-        finally:
-            out.put(("done", None))
-
-    def _consume(self, latents: queue.Queue, first_chunk_frames: int) -> Iterator[AudioChunk]:
-        decoder = None
-        need = first_chunk_frames
-        block: list[np.ndarray] = []
-        done = False
-        while not done:
-            kind, value = latents.get()
-            while True:
-                if kind == "error":
-                    raise value
-                if kind == "done":
-                    done = True
-                elif kind == "chunk":
-                    if block:
-                        yield AudioChunk(decoder.decode(block), self.sample_rate)
-                        block = []
-                    decoder, need = _Decoder(self), first_chunk_frames
-                else:
-                    block.append(value)
-                if done or len(block) >= MAX_DECODE_FRAMES:
-                    break
-                try:
-                    kind, value = latents.get_nowait()
-                except queue.Empty:
-                    break
-            if block and (len(block) >= need or done):
-                yield AudioChunk(decoder.decode(block), self.sample_rate)
-                block, need = [], 1
-
-    def _params(
+    def generate_batch(
         self,
-        temperature=None,
-        lsd_steps=None,
-        eos_threshold=None,
-        frames_after_eos=None,
-        noise_clamp=None,
-        seed=None,
-        max_frames=None,
-    ) -> _Params:
-        """Fill defaults from the manifest and validate, before any work starts."""
-        d = self.manifest.defaults
-        temperature = d.temperature if temperature is None else temperature
-        steps = d.decode_steps if lsd_steps is None else lsd_steps
-        eos = d.eos_threshold if eos_threshold is None else eos_threshold
-        after = d.frames_after_eos if frames_after_eos is None else frames_after_eos
-        clamp = d.noise_clamp if noise_clamp is None else noise_clamp
-        if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
+        texts: list[str],
+        voice: VoiceArg | list[VoiceArg] = None,
+        *,
+        max_streams: int = 8,
+        **params,
+    ) -> list[np.ndarray]:
+        """Synthesize several texts with shared model calls (continuous batching, at most
+        `max_streams` at once); `voice` is one voice for all or one per text, `params` as in
+        `generate`. Each result equals `generate(text, voice, **params)` within float
+        rounding. Needs a bundle exported with the batched graph variants."""
+        from pocket_tts_onnx.runtime.batching import BatchScheduler
+
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InvalidInputError("texts must be a list of strings (one per audio)")
+        voices = list(voice) if isinstance(voice, (list, tuple)) else [voice] * len(texts)
+        if len(voices) != len(texts):
             raise InvalidInputError(
-                f"temperature must be a finite number >= 0, got {temperature!r}"
+                f"voice: {len(voices)} voices for {len(texts)} texts; give one, or one per text"
             )
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise InvalidInputError(f"lsd_steps must be an integer >= 1, got {steps!r}")
-        if not _is_number(eos) or math.isnan(eos):
-            raise InvalidInputError(f"eos_threshold must be a number, got {eos!r}")
-        if after is not None and (not isinstance(after, int) or after < 0):
-            raise InvalidInputError(f"frames_after_eos must be an integer >= 0, got {after!r}")
-        if clamp is not None and (not _is_number(clamp) or not clamp > 0):
-            raise InvalidInputError(f"noise_clamp must be > 0 or None, got {clamp!r}")
-        if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
-            raise InvalidInputError(f"max_frames must be an integer >= 1, got {max_frames!r}")
-        if seed is not None and not isinstance(seed, int):
-            raise InvalidInputError(f"seed must be an integer or None, got {seed!r}")
-        return _Params(float(temperature), steps, float(eos), after, clamp, max_frames, seed)
+        if not texts:
+            return []
+        limit = min(max_streams, len(texts)) if isinstance(max_streams, int) else max_streams
+        with BatchScheduler(self, max_streams=limit, max_queue=len(texts)) as scheduler:
+            streams = [scheduler.submit(t, v, **params) for t, v in zip(texts, voices, strict=True)]
+            return [
+                np.concatenate([c.samples for c in s] or [np.zeros(0, np.float32)]) for s in streams
+            ]
 
-    def _start_state(self, voice: Voice | None) -> dict[str, np.ndarray]:
-        """The flow-LM state every text chunk starts from (never mutated: graphs return new
-        arrays)."""
-        if voice is None:
-            return self.empty_state()
-        if not isinstance(voice, Voice):
-            raise VoiceError(
-                f"voice must be a Voice (from voice_from_audio/load_voice), got "
-                f"{type(voice).__name__}"
+    def _config(self, config: GenerationConfig | None, **overrides) -> GenerationConfig:
+        if config is None:
+            return GenerationConfig.from_manifest(self.manifest, **overrides)
+        if not isinstance(config, GenerationConfig):
+            raise InvalidInputError(
+                f"config must be a GenerationConfig, got {type(config).__name__}"
             )
-        return voice.states
-
-    def _chunk_latents(self, chunk, start_state, p: _Params, rng, stop) -> Iterator[np.ndarray]:
-        """Upstream's loop for one text chunk: text prompt, then NaN-BOS autoregression until
-        EOS (+ frames after it) or the length limit. Yields latents [1, L]."""
-        d = self.manifest.defaults
-        after = p.frames_after_eos
-        if after is None:
-            after = chunk.frames_after_eos_guess + d.frames_after_eos_guess_offset
-        max_len = p.max_frames or estimate_max_frames(
-            len(chunk.token_ids),
-            self.manifest.frame_rate,
-            d.max_length_tokens_per_second,
-            d.max_length_padding_seconds,
-        )
-        ids = np.asarray(chunk.token_ids, dtype=np.int64)[None, :]
-        (emb,) = self._sessions["text_conditioner"].run(["embeddings"], {"token_ids": ids})
-        _, _, states = self._flow_lm(start_state, self._empty_sequence(), emb)
-        sequence = np.full((1, 1, self.manifest.latent_dim), np.nan, dtype=np.float32)
-        no_text = np.zeros((1, 0, self.manifest.d_model), dtype=np.float32)
-        eos_step = None
-        for step in range(max_len):
-            if stop.is_set():
-                return
-            conditioning, eos_logit, states = self._flow_lm(states, sequence, no_text)
-            if (
-                eos_logit.item() > p.eos_threshold
-                and eos_step is None
-                and (step >= d.min_frames_before_eos)
-            ):
-                eos_step = step
-            if eos_step is not None and step >= eos_step + after:
-                return
-            latent = self._sample(conditioning, p, rng)
-            yield latent
-            sequence = latent[:, None, :]
-
-    def _flow_lm(self, states, sequence, text_embeddings):
-        feeds = {"sequence": sequence, "text_embeddings": text_embeddings, **states}
-        values = self._sessions["flow_lm_main"].run(self._main_outputs, feeds)
-        out = dict(zip(self._main_outputs, values, strict=True))
-        new_states = {s.name: out[s.output_name] for s in self._specs["flow_lm_main"].states}
-        return out["conditioning"], out["eos_logit"], new_states
-
-    def _empty_sequence(self) -> np.ndarray:
-        return np.zeros((1, 0, self.manifest.latent_dim), dtype=np.float32)
-
-    def _noise(self, p: _Params, rng: np.random.Generator) -> np.ndarray:
-        shape = (1, self.manifest.latent_dim)
-        std = p.temperature**0.5
-        noise = rng.standard_normal(shape) * std
-        if p.noise_clamp is not None and std > 0:
-            # Truncated normal on [-clamp, clamp]: redraw what falls outside.
-            outside = np.abs(noise) > p.noise_clamp
-            while outside.any():
-                noise[outside] = rng.standard_normal(int(outside.sum())) * std
-                outside = np.abs(noise) > p.noise_clamp
-        return noise.astype(np.float32)
-
-    def _sample(self, conditioning, p: _Params, rng) -> np.ndarray:
-        """The flow head's decode rule, one graph call per solver step."""
-        x = self._noise(p, rng)
-        flow_type = self.manifest.flow_type
-        n = p.decode_steps
-
-        def head(**times) -> np.ndarray:
-            feeds = {"c": conditioning, "x": x}
-            for name, value in times.items():
-                feeds[name] = np.full((1, 1), value, dtype=np.float32)
-            return self._sessions["flow_lm_flow"].run(["flow_dir"], feeds)[0]
-
-        if flow_type == "lsd":
-            for i in range(n):
-                x = x + head(s=i / n, t=(i + 1) / n) / n
-        elif flow_type == "flow_matching":
-            for i in range(n):
-                x = x + head(t=i / n) / n
-        elif flow_type == "drifting":
-            x = head()
-        elif flow_type == "pointwise":
-            x = x + head()
-        else:  # the manifest loader rejects other types
-            raise BundleError(f"unknown flow head type {flow_type!r}")
-        return x.astype(np.float32, copy=False)
-
-
-class _Decoder:
-    """Mimi decoding of one text chunk: fresh state and a fade-in at its start (upstream)."""
-
-    def __init__(self, engine: PocketTTSOnnx):
-        spec = engine._specs["mimi_decoder"]
-        self._session = engine._sessions["mimi_decoder"]
-        self._spec = spec
-        self._outputs = engine._dec_outputs
-        self._states = spec.initial_states()
-        self._sample_rate = engine.sample_rate
-        self._first = True
-
-    def decode(self, latents: list[np.ndarray]) -> np.ndarray:
-        batch = np.stack(latents, axis=1)  # [1, F, L]
-        values = self._session.run(self._outputs, {"latent": batch, **self._states})
-        out = dict(zip(self._outputs, values, strict=True))
-        self._states = {s.name: out[s.output_name] for s in self._spec.states}
-        audio = out["audio_frame"][0, 0]
-        if self._first:
-            audio = fade_in(audio, self._sample_rate)
-            self._first = False
-        return audio
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_session_io(name: str, spec: GraphSpec, session: ort.InferenceSession) -> None:
-    have = {i.name for i in session.get_inputs()}
-    want = {t.name for t in spec.all_inputs}
-    if have != want:
-        raise BundleError(
-            f"graph {name}: inputs {sorted(have)} do not match the manifest's {sorted(want)}"
-        )
-
-
-def default_session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Our measured defaults: full graph optimisation and no CPU memory arena (the arena keeps
-    its high-water mark, ~130 MB more resident memory for the English model, and was slower
-    for these small per-step tensors)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = False
-    options.log_severity_level = 3
-    # Streaming runs the flow LM and the decoder at the same time, so each session gets half
-    # the cores: on 2 cores, 2 threads per session measured 2.5x slower than 1.
-    options.intra_op_num_threads = threads or max(1, (os.cpu_count() or 2) // 2)
-    options.inter_op_num_threads = 1
-    return options
-
-
-def _open_session(path: Path, options, threads, providers) -> ort.InferenceSession:
-    try:
-        return ort.InferenceSession(
-            str(path),
-            options or default_session_options(threads),
-            providers=providers or ["CPUExecutionProvider"],
-        )
-    except Exception as e:  # ORT raises its own exception types for unreadable models
-        raise BundleError(f"ONNX Runtime cannot load {path}: {e}") from e
+        return config.with_overrides(**overrides)

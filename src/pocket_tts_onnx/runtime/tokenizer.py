@@ -8,21 +8,40 @@ wrappers call the backends the same way (default encode/decode options, nothing 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from pocket_tts_onnx.errors import BundleError
+from pocket_tts_onnx.errors import BundleError, InvalidInputError
 
 __all__ = [
     "TOKENIZER_KINDS",
     "HFJsonTokenizer",
     "SentencePieceTokenizer",
     "Tokenizer",
+    "check_text",
     "load_tokenizer",
 ]
 
 # Accepted values of `kind`; "json" is what upstream's `build_tokenizer` also accepts.
 TOKENIZER_KINDS = ("sentencepiece", "tokenizers", "json")
+
+
+def check_text(text: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate, e.g. from bytes decoded with
+    `surrogateescape`): the backends fail on it with an opaque RuntimeError."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"text must be a str, got {type(text).__name__}")
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"text contains a lone surrogate {text[exc.start]!r} at position {exc.start}: it is "
+            "not valid Unicode. Decode the source as UTF-8 (errors='replace' drops bad bytes)."
+        ) from None
+    return text
 
 
 @runtime_checkable
@@ -51,7 +70,7 @@ class SentencePieceTokenizer:
         return int(self._sp.vocab_size())
 
     def encode(self, text: str) -> list[int]:
-        return list(self._sp.encode(text, out_type=int))
+        return list(self._sp.encode(check_text(text), out_type=int))
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
@@ -74,7 +93,7 @@ class HFJsonTokenizer:
         return int(self._tok.get_vocab_size())
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text).ids)
+        return list(self._tok.encode(check_text(text)).ids)
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode([int(i) for i in ids])
@@ -83,12 +102,20 @@ class HFJsonTokenizer:
         return f"HFJsonTokenizer(path={str(self.path)!r}, vocab_size={self.vocab_size})"
 
 
-def load_tokenizer(path: str | Path, kind: str) -> Tokenizer:
+def load_tokenizer(
+    path: str | Path,
+    kind: str,
+    expected_sha256: str | None = None,
+    expected_vocab_size: int | None = None,
+) -> Tokenizer:
     """Load the tokenizer file of a bundle.
 
     `kind` is "sentencepiece" (a `.model` file) or "tokenizers" (a HuggingFace
     `tokenizer.json`; "json" is accepted as an alias). Any problem with the file raises
     `BundleError` naming it, since a bad tokenizer means a broken or incomplete bundle.
+    With the manifest's `expected_sha256` / `expected_vocab_size` (a bundle's tokenizer
+    entry), a swapped tokenizer is refused: it would feed the model wrong ids, or ids past
+    the end of its embedding table.
     """
     path = Path(path)
     if kind not in TOKENIZER_KINDS:
@@ -102,9 +129,23 @@ def load_tokenizer(path: str | Path, kind: str) -> Tokenizer:
         data = path.read_bytes()
     except OSError as exc:
         raise BundleError(f"tokenizer file {path} cannot be read: {exc}") from exc
+    if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise BundleError(
+            f"tokenizer file {path} does not match the sha256 in manifest.json: it was replaced "
+            "or corrupted; re-export or re-download the bundle"
+        )
+    tokenizer: Tokenizer
     if kind == "sentencepiece":
-        return _load_sentencepiece(path, data)
-    return _load_hf_json(path, data)
+        tokenizer = _load_sentencepiece(path, data)
+    else:
+        tokenizer = _load_hf_json(path, data)
+    if expected_vocab_size is not None and tokenizer.vocab_size != expected_vocab_size:
+        raise BundleError(
+            f"tokenizer file {path} has {tokenizer.vocab_size} pieces but the model's text "
+            f"table expects {expected_vocab_size}: it belongs to another model; re-export "
+            "the bundle"
+        )
+    return tokenizer
 
 
 def _load_sentencepiece(path: Path, data: bytes) -> SentencePieceTokenizer:

@@ -1,0 +1,338 @@
+"""Continuous batching: many streams share each model call.
+
+One scheduler thread runs the flow LM (`flow_lm_step`, one call per step for every active
+stream, each at its own position) and the flow head (one solve for all rows); a decoder
+thread runs Mimi (`mimi_decoder_batched`, one call per step for the same rows) while the
+next LM step is computed. Streams join when their text chunk has been prompted and leave
+when it ends (EOS, length limit, cancel), at any step. Rows are kept packed: a leaving row
+is replaced by the last one, in the K/V buffers and in the decoder alike (the decoder
+receives the same row changes as ordered events).
+
+Each stream keeps its own random generator and per-chunk decisions (`ChunkStream`), so its
+audio is the single-stream engine's for the same text, voice and seed, whatever else runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError, QueueFullError
+from pocket_tts_onnx.runtime.buffered_generation import prompt_rows, run_step
+from pocket_tts_onnx.runtime.config import GenerationConfig
+from pocket_tts_onnx.runtime.generation import ChunkStream
+from pocket_tts_onnx.runtime.kv_buffer import KVBuffers, join_decoder_row
+from pocket_tts_onnx.runtime.streaming import AudioChunk
+
+__all__ = ["BatchScheduler", "BatchStream"]
+
+_END = object()
+
+
+@dataclass(eq=False)
+class _Request:
+    chunks: collections.deque
+    start: dict[str, np.ndarray]
+    filled: int
+    config: GenerationConfig
+    rng: np.random.Generator
+    out: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    chunk: ChunkStream | None = None
+    sequence: np.ndarray | None = None
+    first_frame: bool = True  # owned by the decoder thread (set by its join event)
+
+
+class BatchStream(Iterator[AudioChunk]):
+    """Audio of one submitted text, as it is made. Iterating blocks until the next chunk;
+    `cancel()` (or `close()`) frees the stream's batch row at the next step."""
+
+    def __init__(self, request: _Request, scheduler: BatchScheduler):
+        self._request = request
+        self._scheduler = scheduler
+        self._done = False
+
+    def __next__(self) -> AudioChunk:
+        if self._done:
+            raise StopIteration
+        item = self._request.out.get()
+        if item is _END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._request.cancelled.set()
+            self._scheduler._wake()
+
+    close = cancel
+
+    def __del__(self):  # an abandoned stream must not keep its row
+        self._request.cancelled.set()
+
+
+class BatchScheduler:
+    """Serve many streams from one bundle with batched model calls.
+
+    `submit()` validates in the caller's thread and returns a `BatchStream`; at most
+    `max_streams` streams generate at once, `max_queue` more wait (beyond that,
+    `QueueFullError`). Needs a bundle exported with the batched graph variants.
+    """
+
+    def __init__(self, tts, max_streams: int = 8, max_queue: int = 32):
+        for name in ("flow_lm_step", "mimi_decoder_batched"):
+            if name not in tts.graphs:
+                raise PocketTTSOnnxError(
+                    f"this bundle has no {name} graph: re-export it with this version to "
+                    "serve batched streams"
+                )
+        for label, value in (("max_streams", max_streams), ("max_queue", max_queue)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidInputError(f"{label} must be an integer >= 1, got {value!r}")
+        self._tts = tts
+        self.max_streams, self.max_queue = max_streams, max_queue
+        manifest = tts.manifest
+        self._step = tts.graphs["flow_lm_step"]
+        self._conditioner = tts.graphs["text_conditioner"]
+        self._sampler = tts.sampler
+        self._main_spec = tts.graphs["flow_lm_main"].spec
+        self._buffers = KVBuffers(self._step.spec, rows=max_streams, capacity=256)
+        self._latent_dim, self._d_model = manifest.latent_dim, manifest.d_model
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._active: list[_Request] = []
+        self._lock = threading.Condition()
+        self._closed = False
+        self._decoder = _DecoderThread(tts)
+        self._thread = threading.Thread(target=self._run, name="pocket-tts-batch", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public
+    def submit(self, text: str, voice=None, **params) -> BatchStream:
+        """Queue `text` for synthesis; parameters as `PocketTTSOnnx.stream`."""
+        tts = self._tts
+        config = tts.generation_config(**params)
+        start = tts.start_state(voice)
+        filled = self._main_spec.counter_value(start)
+        if filled is None:
+            filled = next(iter(start.values())).shape[2] if start else 0
+        chunks = collections.deque(tts.text_chunks(text))
+        request = _Request(chunks, start, filled, config, np.random.default_rng(config.seed))
+        with self._lock:
+            if self._closed:
+                raise PocketTTSOnnxError("the scheduler is closed")
+            # Requests the worker has not admitted yet into free rows are not queued.
+            free = max(0, self.max_streams - len(self._active))
+            if len(self._waiting) - free >= self.max_queue:
+                raise QueueFullError(
+                    f"{len(self._waiting)} requests are already waiting (max_queue "
+                    f"{self.max_queue}); retry later"
+                )
+            self._waiting.append(request)
+            self._lock.notify()
+        return BatchStream(request, self)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"active": len(self._active), "waiting": len(self._waiting)}
+
+    def close(self) -> None:
+        """Stop: every unfinished stream ends with an error."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join()
+        self._decoder.close()
+
+    def __enter__(self) -> BatchScheduler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ worker
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify()
+
+    def _run(self) -> None:
+        try:
+            while self._admit():
+                if self._active:
+                    self._advance()
+        except BaseException as e:  # a model failure ends every stream, with the cause
+            for request in self._active + list(self._waiting):
+                request.out.put(e)
+        finally:
+            closing = PocketTTSOnnxError("the scheduler was closed")
+            for request in self._active + list(self._waiting):
+                self._decoder.finish(request, closing)
+            self._decoder.close()
+
+    def _admit(self) -> bool:
+        """Drop cancelled streams, start new ones; False once closed."""
+        with self._lock:
+            while not self._closed and not self._active and not self._waiting:
+                self._lock.wait()
+            if self._closed:
+                return False
+            for i in reversed(range(len(self._active))):
+                if self._active[i].cancelled.is_set():
+                    self._remove(i, None)
+            while self._waiting and len(self._active) < self.max_streams:
+                request = self._waiting.popleft()
+                if request.cancelled.is_set():
+                    self._decoder.finish(request, None)
+                    continue
+                self._lock.release()
+                try:
+                    self._start_chunk(request)
+                finally:
+                    self._lock.acquire()
+        return True
+
+    def _start_chunk(self, request: _Request) -> None:
+        """Prompt `request`'s next chunk in the next free row and make it active."""
+        if not request.chunks:
+            self._decoder.finish(request, None)
+            return
+        chunk = request.chunks.popleft()
+        row = len(self._active)
+        try:
+            self._buffers.load(row, request.start, request.filled)
+            ids = np.asarray(chunk.token_ids, dtype=np.int64)[None, :]
+            emb = self._conditioner.run({"token_ids": ids})["embeddings"]
+            prompt_rows(self._step, self._buffers, slice(row, row + 1), emb)
+        except PocketTTSOnnxError as e:
+            self._decoder.finish(request, e)
+            return
+        tts = self._tts
+        request.chunk = ChunkStream(chunk, request.config, tts.manifest, self._sampler, request.rng)
+        request.sequence = np.full((1, 1, self._latent_dim), np.nan, dtype=np.float32)
+        self._active.append(request)
+        self._decoder.join(request)
+
+    def _remove(self, row: int, error: BaseException | None, finished: bool = True) -> _Request:
+        """Take `row` out of the batch (the last row moves into its place)."""
+        request = self._active[row]
+        last = len(self._active) - 1
+        if row != last:
+            self._buffers.move(last, row)
+        self._active[row] = self._active[last]
+        self._active.pop()
+        self._decoder.remove(row)
+        if finished:
+            self._decoder.finish(request, error)
+        return request
+
+    def _advance(self) -> None:
+        """One flow-LM step and one flow-head solve for every active stream."""
+        n = len(self._active)
+        sequence = np.concatenate([r.sequence for r in self._active])
+        no_text = np.zeros((n, 0, self._d_model), dtype=np.float32)
+        out = run_step(self._step, self._buffers, slice(0, n), sequence, no_text)
+        conditioning, eos = out["conditioning"], out["eos_logit"]
+        emitting = [i for i, r in enumerate(self._active) if r.chunk.observe(float(eos[i, 0]))]
+        latents: dict[int, np.ndarray] = {}
+        by_steps: dict[int, list[int]] = collections.defaultdict(list)
+        for i in emitting:
+            by_steps[self._active[i].config.lsd_steps].append(i)
+        for steps, group in by_steps.items():
+            noise = np.concatenate([self._active[i].chunk.noise() for i in group])
+            x = self._sampler.solve(conditioning[group], noise, steps)
+            for j, i in enumerate(group):
+                latents[i] = x[j : j + 1]
+        # Rows that ended (EOS, limit, bad latent) leave before the decoder sees this step.
+        for i in reversed(range(n)):
+            request = self._active[i]
+            error = None
+            if i in latents:
+                try:
+                    request.chunk.accept(latents[i])
+                    request.sequence = latents[i][:, None, :]
+                    continue
+                except PocketTTSOnnxError as e:
+                    error = e
+            if error is None and request.chunks and not request.cancelled.is_set():
+                self._remove(i, None, finished=False)
+                with self._lock:
+                    self._waiting.appendleft(request)  # its next chunk goes first
+            else:
+                self._remove(i, error)
+        if self._active:
+            batch = np.stack([r.sequence[:, 0] for r in self._active], axis=0)
+            self._decoder.decode(batch, list(self._active))
+
+
+class _DecoderThread:
+    """Owns the batched Mimi state; applies row changes and decodes in event order."""
+
+    def __init__(self, tts):
+        self._graph = tts.graphs["mimi_decoder_batched"]
+        self._sample_rate = tts.sample_rate
+        self._ramp = tts.fade_in_ramp()
+        self._events: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="pocket-tts-mimi", daemon=True)
+        self._thread.start()
+
+    def join(self, request: _Request) -> None:
+        self._events.put(("join", request))
+
+    def remove(self, row: int) -> None:
+        self._events.put(("remove", row))
+
+    def decode(self, latents: np.ndarray, requests: list[_Request]) -> None:
+        self._events.put(("decode", (latents, requests)))
+
+    def finish(self, request: _Request, error: BaseException | None) -> None:
+        self._events.put(("finish", (request, error)))
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._events.put(("stop", None))
+            self._thread.join()
+
+    def _run(self) -> None:
+        spec = self._graph.spec
+        states = spec.initial_states(batch=0)
+        while True:
+            kind, value = self._events.get()
+            if kind == "stop":
+                return
+            if kind == "join":
+                states = join_decoder_row(spec, states)
+                value.first_frame = True
+            elif kind == "remove":
+                last = next(iter(states.values())).shape[0] - 1
+                for name, arr in states.items():
+                    if value != last:
+                        arr[value] = arr[last]
+                    states[name] = arr[:last]
+            elif kind == "finish":
+                request, error = value
+                request.out.put(error if error is not None else _END)
+            elif kind == "decode":
+                latents, requests = value
+                try:
+                    out, states = self._graph.step({"latent": latents}, states)
+                except BaseException as e:  # fatal for every stream in the batch
+                    for request in requests:
+                        request.out.put(e)
+                    raise
+                for i, request in enumerate(requests):
+                    audio = out["audio_frame"][i, 0]
+                    if request.first_frame:
+                        audio = audio.copy()
+                        n = min(self._ramp.shape[0], audio.shape[0])
+                        audio[:n] *= self._ramp[:n]
+                        request.first_frame = False
+                    if not request.cancelled.is_set():
+                        request.out.put(AudioChunk(audio, self._sample_rate))

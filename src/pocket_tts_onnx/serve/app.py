@@ -1,0 +1,139 @@
+"""The FastAPI application: wiring, `/health`, `/v1/voices` and the web demo at `/`.
+
+FastAPI + uvicorn because upstream pocket-tts uses them and they stream well: an async
+generator becomes HTTP/1.1 chunked transfer with one chunk per decoded piece, and ASGI
+delivers the client's disconnect as an event, so generation stops the moment a listener
+leaves. Blocking model work runs in worker threads; the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from pocket_tts_onnx.serve.encoding import supported_formats
+from pocket_tts_onnx.serve.limits import ServeConfig
+from pocket_tts_onnx.serve.plumbing import (
+    ApiError,
+    RequestContextMiddleware,
+    install_error_handlers,
+)
+from pocket_tts_onnx.serve.scheduler import make_scheduler, scheduler_stats
+from pocket_tts_onnx.serve.speech import router as speech_router
+from pocket_tts_onnx.serve.voices import VoiceStore
+
+logger = logging.getLogger("pocket_tts_onnx.serve")
+
+REPO_WEB_DIST = Path(__file__).resolve().parents[3] / "web" / "dist"
+
+
+class ServeState:
+    """Everything the endpoints share. Holds no per-request state between requests."""
+
+    def __init__(self, tts, bundle: Path, config: ServeConfig, scheduler, scheduler_kind: str):
+        self.tts, self.bundle, self.config = tts, Path(bundle), config
+        self.scheduler, self.scheduler_kind = scheduler, scheduler_kind
+        self.sample_rate = tts.sample_rate
+        self.formats = supported_formats(self.sample_rate)
+        self.voices = VoiceStore(tts, bundle, config.voices_dir, config.voice_cache_size)
+        # Threads that wait on the model: every running or queued stream may hold one, plus
+        # a few for voice encoding; the default pool stays free for everything else.
+        self.limiter = anyio.CapacityLimiter(config.max_streams + config.max_queue + 4)
+        self.active = 0  # HTTP responses currently streaming
+        self.pending = 0  # requests submitted, waiting for their first audio
+        self.started = time.time()
+
+    def resolve_voice(self, name: str | None):
+        return self.voices.default() if name is None else self.voices.get(name)
+
+    def upload_voice(self, data: bytes):
+        return self.voices.from_upload(data)
+
+
+def create_app(
+    tts,
+    bundle: Path,
+    config: ServeConfig | None = None,
+    scheduler=None,
+    scheduler_kind: str = "auto",
+) -> FastAPI:
+    """An app serving one loaded engine. `scheduler` overrides the automatic choice."""
+    config = config or ServeConfig()
+    if scheduler is None:
+        scheduler, scheduler_kind = make_scheduler(
+            tts, config.max_streams, config.max_queue, scheduler_kind
+        )
+    state = ServeState(tts, bundle, config, scheduler, scheduler_kind)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        scheduler.close()
+
+    app = FastAPI(title="pocket-tts-onnx", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    app.state.serve = state
+    install_error_handlers(app, config.retry_after_s)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.max_body_bytes)
+    app.include_router(speech_router)
+
+    @app.get("/health")
+    async def health():
+        manifest = tts.manifest
+        return {
+            "status": "ok",
+            # HTTP side: responses streaming, requests waiting for their first audio.
+            "streams": {"active": state.active, "pending": state.pending},
+            # Generation side, as the scheduler reports it (active rows, waiting requests).
+            "scheduler": {"kind": state.scheduler_kind, **scheduler_stats(state.scheduler)},
+            "voice_cache": {
+                "size": len(state.voices.cache),
+                "hits": state.voices.cache.hits,
+                "misses": state.voices.cache.misses,
+            },
+            "limits": config.public(),
+            "model": {
+                "sample_rate": state.sample_rate,
+                "random_weights": manifest.random_weights,
+                "source": getattr(manifest, "source", None),
+            },
+            "uptime_s": round(time.time() - state.started, 1),
+        }
+
+    @app.get("/v1/voices")
+    async def voices():
+        return {
+            "voices": state.voices.names(),
+            "default": state.voices.default_name,
+            "cloning": bool(tts.manifest.voice_cloning),
+            "formats": list(state.formats),
+        }
+
+    _mount_web(app, bundle, config.web_dist)
+    return app
+
+
+def _mount_web(app: FastAPI, bundle: Path, dist: Path | None) -> None:
+    """The browser demo with its bundle at /bundle/ (same layout as web/serve.py)."""
+    if dist is not None and (Path(dist) / "index.html").is_file():
+        app.mount("/bundle", StaticFiles(directory=bundle), name="bundle")
+        app.mount("/", StaticFiles(directory=dist, html=True), name="web")
+        return
+
+    @app.get("/", response_class=HTMLResponse)
+    async def no_page():
+        return (
+            "<!doctype html><title>pocket-tts-onnx</title><h1>pocket-tts-onnx serve</h1>"
+            "<p>The API is up (POST /v1/audio/speech, POST /tts, GET /v1/voices, GET /health)."
+            "</p><p>The web demo is not built: run <code>npm ci --prefix web &amp;&amp; npm "
+            "--prefix web run build</code> and restart (or pass <code>--web-dist</code>).</p>"
+        )
+
+
+__all__ = ["ApiError", "REPO_WEB_DIST", "ServeState", "create_app"]

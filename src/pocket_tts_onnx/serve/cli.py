@@ -1,0 +1,114 @@
+"""`pocket-tts-onnx serve`: options, then uvicorn. `add_arguments` imports no web library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pocket_tts_onnx.errors import PocketTTSOnnxError
+from pocket_tts_onnx.serve.limits import ServeConfig
+
+_DEFAULTS = ServeConfig()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bundle", type=Path, default=Path("onnx"), help="bundle directory (default: onnx)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 opens the "
+        "server to the network: put it behind a proxy with TLS/auth if it is public)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument(
+        "--precision", choices=["int8", "fp32"], default="int8", help="graphs (default: int8)"
+    )
+    p.add_argument(
+        "--threads", type=int, help="intra-op threads per ONNX session (default: the engine's)"
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=["auto", "batched", "threads"],
+        default="auto",
+        help="batched: all streams share each model call; threads: one thread per stream; "
+        "auto: batched when the bundle has the batched graphs (default: auto)",
+    )
+    p.add_argument(
+        "--voices-dir",
+        type=Path,
+        help="folder of precomputed <name>.npz voices (default: only the bundle's voices)",
+    )
+    p.add_argument(
+        "--web-dist",
+        type=Path,
+        help="built web demo to serve at / (default: the clone's web/dist, if built)",
+    )
+    p.add_argument("--no-web", action="store_true", help="serve no web page or bundle files")
+    lim = p.add_argument_group("limits")
+    for name, help_ in (
+        ("max_streams", "streams generated at once"),
+        ("max_queue", "requests waiting for a stream before 503 + Retry-After"),
+        ("max_text_chars", "characters of text per request (413 above)"),
+        ("max_upload_bytes", "voice upload size (413 above)"),
+        ("voice_cache_size", "computed voices kept in the LRU cache (~18 MB each, english)"),
+        ("max_frames_limit", "largest max_frames a request may ask for"),
+    ):
+        default = getattr(_DEFAULTS, name)
+        lim.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=default,
+            help=f"{help_} (default: {default})",
+        )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="server log level (default: info)",
+    )
+
+
+def run(args) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise PocketTTSOnnxError(
+            f"`serve` needs the [serve] extra ({e.name} not installed): "
+            "`pip install -e '.[serve]'` (fastapi, uvicorn, python-multipart)"
+        ) from e
+
+    from pocket_tts_onnx import PocketTTSOnnx
+    from pocket_tts_onnx.serve.app import REPO_WEB_DIST, create_app
+
+    web = None if args.no_web else (args.web_dist or REPO_WEB_DIST)
+    config = ServeConfig(
+        max_streams=args.max_streams,
+        max_queue=args.max_queue,
+        max_text_chars=args.max_text_chars,
+        max_upload_bytes=args.max_upload_bytes,
+        voice_cache_size=args.voice_cache_size,
+        max_frames_limit=args.max_frames_limit,
+        voices_dir=args.voices_dir,
+        web_dist=web,
+    )
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
+    app = create_app(tts, args.bundle, config, scheduler_kind=args.scheduler)
+    state = app.state.serve
+    print(
+        f"serving {args.bundle} ({args.precision}, scheduler {state.scheduler_kind}, "
+        f"formats {', '.join(state.formats)}) on http://{args.host}:{args.port}/",
+        flush=True,
+    )
+    if tts.manifest.random_weights:
+        print("NOTE: random-weight bundle - the audio is noise, not speech.", flush=True)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
+    )

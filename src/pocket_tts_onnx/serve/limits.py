@@ -1,0 +1,57 @@
+"""Server limits and options, one frozen object shared by the app and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pocket_tts_onnx.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Every bound the server enforces. The defaults keep one 2-core machine responsive:
+    requests beyond `max_streams` wait (at most `max_queue` of them), the rest get 503."""
+
+    max_streams: int = 8  # streams generated at once (batch rows / worker threads)
+    max_queue: int = 32  # requests waiting for a free stream before 503
+    max_text_chars: int = 4096  # OpenAI's own limit for `input`
+    max_upload_bytes: int = 10_000_000  # voice prompt uploads (and any request body)
+    # Computed voice states kept (LRU). A 30 s prompt's state is ~18 MB for `english`
+    # (6 layers x K/V x 376 positions x 1024 x 4 bytes), so 16 of them stay under 300 MB.
+    voice_cache_size: int = 16
+    max_frames_limit: int = 10_000  # cap on a request's `max_frames` (800 s of audio)
+    max_lsd_steps: int = 64  # cap on a request's `lsd_steps`
+    voices_dir: Path | None = None  # folder of precomputed <name>.npz voices
+    web_dist: Path | None = None  # built web demo (web/dist); None: no page at /
+    retry_after_s: int = 1  # Retry-After sent with 503 when the queue is full
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_streams",
+            "max_text_chars",
+            "max_upload_bytes",
+            "voice_cache_size",
+            "max_frames_limit",
+            "max_lsd_steps",
+            "retry_after_s",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"--{name.replace('_', '-')} must be >= 1, got {value!r}")
+        if not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise InvalidInputError(f"--max-queue must be >= 0, got {self.max_queue!r}")
+        if self.voices_dir is not None and not Path(self.voices_dir).is_dir():
+            raise InvalidInputError(f"--voices-dir {self.voices_dir} is not a directory")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body accepted: an upload plus room for the form/JSON fields."""
+        return self.max_upload_bytes + 4 * self.max_text_chars + 65536
+
+    def public(self) -> dict:
+        """The limits as /health reports them (no paths)."""
+        d = asdict(self)
+        d.pop("voices_dir")
+        d.pop("web_dist")
+        return d

@@ -1,0 +1,162 @@
+// Reading a bundle over HTTP: the manifest checks, file fetching with sha256 verification,
+// and the zero-initialised states every runtime starts from (docs/state-design.md).
+
+import * as ort from "onnxruntime-web/wasm";
+
+export const GRAPH_NAMES = [
+  "text_conditioner",
+  "mimi_encoder",
+  "flow_lm_main",
+  "flow_lm_flow",
+  "mimi_decoder",
+];
+export const SCHEMA_VERSION = 2;
+const FLOW_TYPES = ["lsd", "flow_matching", "drifting", "pointwise"];
+const REQUIRED_KEYS = ["sample_rate", "frame_rate", "latent_dim", "d_model", "flow_type",
+  "voice_cloning", "defaults", "text", "tokenizer", "graphs"];
+
+export class BundleError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "BundleError";
+  }
+}
+
+const ARRAYS = { float32: Float32Array, int64: BigInt64Array };
+
+export function zeros(dtype, shape) {
+  const Type = ARRAYS[dtype];
+  if (!Type) throw new BundleError(`unsupported state dtype ${dtype} in the manifest`);
+  return new ort.Tensor(dtype, new Type(shape.reduce((a, b) => a * b, 1)), shape);
+}
+
+// A state's value before any step: zeros, every dynamic (named) axis at 0.
+export const initialShape = (spec) => spec.shape.map((d) => (typeof d === "string" ? 0 : d));
+
+/** Fresh zero states for a graph's state specs, by name. */
+export const zeroStates = (specs) =>
+  Object.fromEntries(specs.map((s) => [s.name, zeros(s.dtype, initialShape(s))]));
+
+export async function fetchBytes(url, what) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new BundleError(`cannot fetch ${what} from ${url}: ${e.message}`);
+  }
+  if (!response.ok) {
+    throw new BundleError(
+      `cannot fetch ${what} from ${url}: HTTP ${response.status}` +
+        (response.status === 404 ? " (wrong bundle URL, or the file is missing)" : ""),
+    );
+  }
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+async function sha256Hex(bytes) {
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// A file the manifest names, resolved inside the bundle: no absolute paths, URLs or "..".
+export function bundleUrl(base, name) {
+  if (typeof name !== "string" || !name || /^([a-z][a-z0-9+.-]*:|[\\/])/i.test(name) ||
+    name.split(/[\\/]/).includes("..")) {
+    throw new BundleError(
+      `manifest names ${JSON.stringify(name)}, which is outside the bundle; re-export the bundle`,
+    );
+  }
+  return new URL(name, base);
+}
+
+/** Fetch a bundle file and check the sha256 the manifest gives for it (crypto.subtle only
+ * exists in secure contexts: https and localhost; elsewhere the check is skipped). */
+export async function fetchChecked(base, name, digest, what, verify = true) {
+  const bytes = await fetchBytes(bundleUrl(base, name), what);
+  if (verify && digest && globalThis.crypto?.subtle && (await sha256Hex(bytes)) !== digest) {
+    throw new BundleError(
+      `${name} does not match the sha256 in manifest.json: corrupted or replaced; re-export it`,
+    );
+  }
+  return bytes;
+}
+
+/** Fetch and parse manifest.json; `url` is the bundle directory or the manifest itself. */
+export async function fetchManifest(url) {
+  const manifestUrl = new URL(url.endsWith(".json") ? url : url.replace(/\/?$/, "/manifest.json"),
+    globalThis.location?.href);
+  const raw = await fetchBytes(manifestUrl, "the bundle manifest");
+  let manifest;
+  try {
+    manifest = JSON.parse(new TextDecoder().decode(raw));
+  } catch (e) {
+    throw new BundleError(`${manifestUrl} is not valid JSON (${e.message}): is this a bundle?`);
+  }
+  checkManifest(manifest, manifestUrl);
+  return { manifest, base: new URL(".", manifestUrl) };
+}
+
+export function checkManifest(m, url, textRuleKeys = null) {
+  if (!m || typeof m !== "object" || Array.isArray(m)) {
+    throw new BundleError(`${url} does not hold a JSON object`);
+  }
+  if (!Number.isInteger(m.schema_version)) {
+    throw new BundleError(`${url} has no integer schema_version; re-export the bundle`);
+  }
+  if (m.schema_version > SCHEMA_VERSION) {
+    throw new BundleError(
+      `manifest schema ${m.schema_version} is newer than this runtime supports (${SCHEMA_VERSION})`,
+    );
+  }
+  for (const key of REQUIRED_KEYS) {
+    if (!(key in m)) throw new BundleError(`${url} is incomplete: no "${key}"`);
+  }
+  if (!FLOW_TYPES.includes(m.flow_type)) {
+    throw new BundleError(`unknown flow head type ${JSON.stringify(m.flow_type)} in ${url}`);
+  }
+  if (textRuleKeys) {
+    const unknown = Object.keys(m.text).filter((k) => !textRuleKeys.includes(k));
+    if (unknown.length) {
+      throw new BundleError(
+        `unknown text rule(s) ${unknown.join(", ")} in the bundle: it may come from a newer exporter`,
+      );
+    }
+  }
+  for (const name of GRAPH_NAMES) {
+    if (!m.graphs[name]) throw new BundleError(`${url} lists no graph ${name}`);
+  }
+  const voices = m.voices ?? {};
+  if (typeof voices !== "object" || Array.isArray(voices)) {
+    throw new BundleError(`${url}: "voices" must map voice names to {file, sha256}`);
+  }
+  if (m.default_voice != null && !Object.hasOwn(voices, m.default_voice)) {
+    throw new BundleError(`${url}: default_voice ${m.default_voice} is not among the voices`);
+  }
+}
+
+/** The ONNX Runtime session for one graph file. `device` "webgpu" falls back to wasm. */
+export async function createSession(bytes, file, device = "wasm") {
+  const options = { graphOptimizationLevel: "all" };
+  if (device === "webgpu" && globalThis.navigator?.gpu) {
+    try {
+      const session = await ort.InferenceSession.create(bytes, {
+        ...options,
+        executionProviders: ["webgpu", "wasm"],
+      });
+      session.device = "webgpu"; // nodes WebGPU cannot run still fall back to wasm
+      return session;
+    } catch (e) {
+      console.warn(`WebGPU session for ${file} failed, using wasm: ${e.message}`);
+    }
+  }
+  try {
+    const session = await ort.InferenceSession.create(bytes, {
+      ...options,
+      executionProviders: ["wasm"],
+    });
+    session.device = "wasm";
+    return session;
+  } catch (e) {
+    throw new BundleError(`ONNX Runtime cannot load ${file}: ${e.message}`);
+  }
+}

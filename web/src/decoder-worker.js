@@ -1,0 +1,112 @@
+// The decoder worker: Mimi decoding in parallel with the engine worker's flow LM, as the
+// Python engine's stream() overlaps them in two threads. Latents arrive on a MessagePort
+// from the engine worker; audio chunks go to the page. Like the Python consumer, a text
+// chunk's first audio waits for `firstChunkFrames` latents, later calls take whatever is
+// ready (at most max_decode_frames per Mimi call, see decoder.js).
+//
+// Messages in (page): load, stop, "engine-port". Out: loaded, chunk, done, error.
+
+import { maxDecodeFrames } from "./decoder.js";
+import { ort, PocketTTS } from "./pocket-tts.js";
+
+ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
+
+let tts = null;
+let pending = []; // latent/end events not decoded yet
+let running = false;
+const stopped = new Set(); // ids of stopped syntheses
+let job = null; // {id, decoder, block, need, index, firstFrames}
+
+const breathe = () =>
+  new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = resolve;
+    channel.port2.postMessage(null);
+  });
+
+function send(samples, id, textChunkIndex) {
+  const out = samples.slice(); // ours to transfer: ORT may still own the original
+  postMessage({ type: "chunk", id, samples: out, textChunkIndex }, [out.buffer]);
+}
+
+async function flush() {
+  if (job.block.length) {
+    send(await job.decoder.decode(job.block), job.id, job.index);
+    job.block = [];
+    job.need = 1;
+  }
+}
+
+// Decode what has arrived, as the Python consumer: every event already posted is taken in (up
+// to a full block) before each Mimi call, so blocks grow when the decoder falls behind and
+// stay small, for latency, when it keeps up.
+async function drain() {
+  if (running) return;
+  running = true;
+  try {
+    const max = maxDecodeFrames(tts.manifest);
+    while (pending.length) {
+      await breathe(); // receive every latent already posted
+      while (pending.length && !(job && job.block.length >= max)) {
+        const e = pending.shift();
+        if (stopped.has(e.id)) continue;
+        if (e.type === "start") {
+          tts.profile = {};
+          const first = e.firstChunkFrames;
+          job = { id: e.id, decoder: null, block: [], need: first, index: 0, firstFrames: first };
+        } else if (!job || job.id !== e.id) {
+          continue; // a synthesis this worker was told to drop
+        } else if (e.type === "end") {
+          await flush();
+          postMessage({ type: "done", id: e.id, profile: { ...e.profile, ...tts.profile } });
+          job = null;
+        } else if (e.latent === null) {
+          await flush();
+        } else {
+          if (e.first) {
+            await flush();
+            job.decoder = tts.newDecoder();
+            job.need = job.firstFrames;
+            job.index = e.textChunkIndex;
+          }
+          job.block.push(e.latent);
+        }
+      }
+      if (job && job.block.length && job.block.length >= job.need) await flush();
+    }
+  } catch (error) {
+    const message = error?.message || String(error);
+    postMessage({ type: "error", id: job?.id, during: "generate", message });
+    if (job) stopped.add(job.id);
+    job = null;
+  } finally {
+    running = false;
+  }
+}
+
+onmessage = async ({ data, ports }) => {
+  if (data.type === "engine-port") {
+    ports[0].onmessage = ({ data: event }) => {
+      pending.push(event);
+      drain();
+    };
+  } else if (data.type === "stop") {
+    if (job) stopped.add(job.id);
+    if (data.id !== undefined) stopped.add(data.id);
+    pending = [];
+    job = null;
+  } else if (data.type === "load") {
+    tts = null;
+    try {
+      ort.env.wasm.numThreads = data.threads ?? 1;
+      tts = await PocketTTS.load(data.url, {
+        precision: data.precision,
+        device: data.device,
+        graphs: ["mimi_decoder"],
+      });
+      postMessage({ type: "loaded", devices: tts.devices });
+    } catch (error) {
+      postMessage({ type: "error", during: "load", message: error?.message || String(error) });
+    }
+  }
+};

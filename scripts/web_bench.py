@@ -85,6 +85,19 @@ def _optimized_copy(bundle: Path, level: str) -> Path:
             options.optimized_model_filepath = str(tmp / file)
             ort.InferenceSession(str(bundle / file), options, providers=["CPUExecutionProvider"])
             graph["sha256"][file] = hashlib.sha256((tmp / file).read_bytes()).hexdigest()
+    # Voices name the model they belong to (the FP32 flow LM's digest): re-label them.
+    import numpy as np
+
+    main = manifest["graphs"]["flow_lm_main"]
+    model_id = main["sha256"][main["files"]["fp32"]]
+    for voice in manifest.get("voices", {}).values():
+        with np.load(bundle / voice["file"]) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(bytes(arrays["__metadata__"]).decode("utf-8"))
+        meta["model_id"] = model_id
+        arrays["__metadata__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
+        np.savez(tmp / voice["file"], **arrays)
+        voice["sha256"] = hashlib.sha256((tmp / voice["file"]).read_bytes()).hexdigest()
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     tmp.rename(out)
     return out

@@ -170,13 +170,19 @@ def serve_bundle(tmp_path_factory) -> Path:
 def sherpa_bundle(tmp_path_factory) -> FamilyBundle:
     """The lsd family with the flow LM 1024 wide, quantized: sherpa-onnx 2.0.1 feeds its own
     empty text tensor [1, 0, 1024] (the released English width) and a 32-dim latent, so a
-    narrower model cannot run there. One layer keeps it a few seconds to export."""
+    narrower model cannot run there. One layer keeps it a few seconds to export. Its
+    tokenizer is a tokenizer.json converted from the demo's SentencePiece unigram model, as
+    the released configs' are."""
     from pocket_tts_onnx.export.pipeline import export_bundle
+    from pocket_tts_onnx.export.standin_tokenizer import sentencepiece_to_tokenizer_json
 
+    root = tmp_path_factory.mktemp("sherpa")
+    tokenizer = sentencepiece_to_tokenizer_json(DEMO_DIR / "tokenizer.model", root / "t.json")
     data = family_config("lsd")
     data["flow_lm"]["transformer"].update(d_model=1024, num_heads=4, num_layers=1, hidden_scale=1)
-    data["flow_lm"]["lookup_table"]["dim"] = 1024
-    root = tmp_path_factory.mktemp("sherpa")
+    data["flow_lm"]["lookup_table"].update(
+        dim=1024, tokenizer="tokenizers", tokenizer_path=str(tokenizer)
+    )
     config = root / "tiny_sherpa.yaml"
     config.write_text(yaml.safe_dump(data, allow_unicode=True))
     source = ModelSource(config=config, random_init=True, seed=0)

@@ -105,7 +105,8 @@ def test_queue_limit_and_bad_input_fail_in_the_callers_thread(fp32):
             scheduler.submit("   ")
         with pytest.raises(InvalidInputError, match="temperature"):
             scheduler.submit(ONE_CHUNK, temperature=-1)
-        streams = [scheduler.submit(ONE_CHUNK, NO_VOICE, max_frames=30)]
+        long = {"eos_threshold": float("inf"), "max_frames": 2000}  # busy until cancelled
+        streams = [scheduler.submit(ONE_CHUNK, NO_VOICE, **long)]
         deadline = time.monotonic() + 10
         while scheduler.stats()["active"] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -124,3 +125,31 @@ def test_generate_batch(fp32):
     for text, audio in zip(texts, audios, strict=True):
         want = fp32.generate(text, NO_VOICE, seed=9, temperature=0.5)
         assert audio.shape == want.shape and np.max(np.abs(audio - want)) <= 1e-4
+
+
+def test_close_and_failures_end_every_stream_without_hanging(fp32, monkeypatch):
+    from pocket_tts_onnx import PocketTTSOnnxError
+
+    scheduler = BatchScheduler(fp32, max_streams=2)
+    stream = scheduler.submit(ONE_CHUNK, NO_VOICE, eos_threshold=float("inf"), max_frames=500)
+    next(stream)
+    scheduler.close()
+    with pytest.raises(PocketTTSOnnxError, match="closed"):
+        list(stream)
+    with pytest.raises(PocketTTSOnnxError, match="closed"):
+        scheduler.submit(ONE_CHUNK)
+
+    # A decoder failure (e.g. out of memory) reaches the streams as the error, never a hang.
+    decoder = fp32.graphs["mimi_decoder_batched"]
+
+    def broken(*args, **kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(decoder, "step", broken)
+    with BatchScheduler(fp32, max_streams=2) as scheduler:
+        streams = [scheduler.submit(ONE_CHUNK, NO_VOICE, max_frames=5) for _ in range(2)]
+        for s in streams:
+            with pytest.raises(MemoryError, match="simulated"):
+                list(s)
+        with pytest.raises(PocketTTSOnnxError, match="decoder failed"):
+            scheduler.submit(ONE_CHUNK)

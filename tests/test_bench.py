@@ -21,6 +21,8 @@ def test_bench_harness_on_demo(tmp_path, capsys):
                 "1",
                 "--soak-minutes",
                 "0.05",
+                "--contenders",
+                "upstream,upstream-int8,fp32,int8,int8-contract",
                 "--output",
                 str(out),
             ]
@@ -28,7 +30,7 @@ def test_bench_harness_on_demo(tmp_path, capsys):
         == 0
     )
     data = json.loads((out / "bench.json").read_text())
-    assert set(data["medians"]) == {"upstream", "upstream-int8", "fp32", "int8"}
+    assert set(data["medians"]) == {"upstream", "upstream-int8", "fp32", "int8", "int8-contract"}
     # upstream-int8 is upstream's own quantize path; the backend it picked is named.
     assert data["per_run"]["upstream-int8"][0]["backend"].startswith(("torch.ao", "torchao"))
     for contender, med in data["medians"].items():
@@ -55,6 +57,8 @@ def test_bench_harness_on_demo(tmp_path, capsys):
         for contender in ("fp32", "int8"):  # the fast-KV variant's step, timed like the other
             med = data["medians"][contender]
             assert med["lm_step_fastkv_ms"] > 0 and med["lm_step_fastkv_kv600_ms"] > 0
+        # "-contract" runs the engine on flow_lm_main only: no fast-KV graph to time.
+        assert "lm_step_fastkv_ms" not in data["medians"]["int8-contract"]
     assert data["machine"]["cores"] >= 1 and data["versions"]["onnxruntime"]
     assert data["machine"]["memory_copy_gb_s"] > 0
     table = (out / "bench.md").read_text()

@@ -161,8 +161,11 @@ def test_custom_config_with_local_weights_and_checkpoint(lsd_bundle, tmp_path):
     loaded = load_model(lsd_bundle.source)
     weights = tmp_path / "model.safetensors"
     _save_weights(loaded, weights)
+    # voices="none": the default voice of a custom model is alba's recording on the hub.
     manifest, reports = export_bundle(
-        ModelSource(config=lsd_bundle.config, weights=weights), tmp_path / "from_weights"
+        ModelSource(config=lsd_bundle.config, weights=weights),
+        tmp_path / "from_weights",
+        voices="none",
     )
     assert not manifest.random_weights and manifest.notes == []
     assert len(manifest.source["weights_sha256"]) == 64
@@ -175,7 +178,9 @@ def test_custom_config_with_local_weights_and_checkpoint(lsd_bundle, tmp_path):
     checkpoint = tmp_path / "run.pt"
     torch.save({"model": {k: v for k, v in loaded.model.state_dict().items()}}, checkpoint)
     manifest, reports = export_bundle(
-        ModelSource(config=lsd_bundle.config, checkpoint=checkpoint), tmp_path / "from_ckpt"
+        ModelSource(config=lsd_bundle.config, checkpoint=checkpoint),
+        tmp_path / "from_ckpt",
+        voices="none",
     )
     assert "checkpoint_sha256" in manifest.source
     assert max(r.worst_fp32 for r in reports) <= 1e-4

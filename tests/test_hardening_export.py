@@ -224,7 +224,8 @@ def test_unreachable_hub_fails_fast_without_retry_storm(tmp_path):
 
     if hub_reachable():
         pytest.skip("the model hub is reachable here; this tests the offline path")
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_HOME")}
+    drop = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_OFFLINE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache: nothing to fall back on
     result = subprocess.run(
         [sys.executable, str(REPO / "export.py"), "--output", str(tmp_path / "o")],

@@ -7,7 +7,7 @@ real command lines: `python export.py --quantize` then `pocket-tts-onnx say --vo
 against upstream's `pocket-tts generate --voice alba` on the same cache, at temperature 0.
 
 The shipped config is english_2m_2026-10: its hub layout is the english config's (same repos,
-pinned revisions, voices under languages/NAME/embeddings/), at a size that exports in seconds.
+pinned revisions, voices under languages/NAME/embeddings/) with 12M parameters, not 110M.
 The full-size english and italian runs are in scripts/hub_end_to_end.py. RANDOM WEIGHTS: the
 audio is noise, compared sample by sample, never presented as speech.
 """
@@ -140,6 +140,8 @@ def test_weights_without_voice_cloning(tmp_path_factory, tmp_path):
     bundle = tmp_path / "onnx"
     manifest = _export(env, tmp_path, bundle, "--language", LANGUAGE)
     assert not manifest.voice_cloning
+    assert manifest.source["weights"].startswith("hf://kyutai/pocket-tts-without-voice-cloning/")
+    assert manifest.source["weights_sha256"] == file_sha256(hub.files["weights"])
     assert list(manifest.voices) == ["alba"] and manifest.default_voice == "alba"
 
     ours = _say(env, tmp_path, bundle, tmp_path / "ours.wav", "--voice", "alba")
@@ -147,7 +149,6 @@ def test_weights_without_voice_cloning(tmp_path_factory, tmp_path):
         env, tmp_path, tmp_path / "up.wav", "--language", LANGUAGE, "--voice", "alba"
     )
     _assert_same_audio(ours, upstream, manifest.sample_rate)
-    del hub
 
     sf.write(tmp_path / "ref.wav", np.zeros(24000, np.float32), 24000)
     cmd = [*_ours_cli(), "say", TEXT, "--bundle", str(bundle), "--precision", "fp32"]
@@ -158,11 +159,24 @@ def test_weights_without_voice_cloning(tmp_path_factory, tmp_path):
 
 def test_custom_config_defaults_to_albas_recording(hub, tmp_path):
     """A custom config cannot use states precomputed with the released weights; like upstream,
-    its default voice is alba's recording, fetched from the hub and encoded by the model."""
+    its default voice is alba's recording, fetched from the hub and encoded by the model.
+    This config also takes its tokenizer as a hub tokenizer.json (english's, same 4000-piece
+    size), so the tokenizer.json format runs the whole real path too."""
+    from hub_cache import put_file
     from pocket_tts.utils.config import CONFIGS_DIR
+
+    from pocket_tts_onnx.export.standin_tokenizer import sentencepiece_to_tokenizer_json
 
     env = hub_env(hub.cache)
     config = yaml.safe_load((CONFIGS_DIR / f"{LANGUAGE}.yaml").read_text())
+    english = yaml.safe_load((CONFIGS_DIR / "english.yaml").read_text())
+    lookup = english["flow_lm"]["lookup_table"]
+    assert lookup["n_bins"] == config["flow_lm"]["lookup_table"]["n_bins"]
+    as_json = sentencepiece_to_tokenizer_json(hub.files["tokenizer"], tmp_path / "t.json")
+    put_file(hub.cache, lookup["tokenizer_path"], as_json)
+    config["flow_lm"]["lookup_table"].update(
+        tokenizer="tokenizers", tokenizer_path=lookup["tokenizer_path"]
+    )
     weights = tmp_path / "my_model.safetensors"
     shutil.copyfile(hub.files["weights"], weights)
     config["weights_path"] = str(weights)
@@ -173,6 +187,8 @@ def test_custom_config_defaults_to_albas_recording(hub, tmp_path):
     bundle = tmp_path / "onnx"
     manifest = _export(env, tmp_path, bundle, "--config", str(custom))
     assert list(manifest.voices) == ["alba"] and manifest.default_voice == "alba"
+    assert manifest.tokenizer.kind == "tokenizers" and manifest.tokenizer.file == "tokenizer.json"
+    assert manifest.tokenizer.sha256 == file_sha256(as_json)
     assert manifest.voices["alba"].origin == (
         "encoded at export from hf://kyutai/tts-voices/alba-mackenna/casual.wav"
     )

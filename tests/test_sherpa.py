@@ -156,17 +156,25 @@ def test_bundle_carries_sherpa_tokenizer_files(lsd_bundle):
     assert all(np.float32(scores[sp.id_to_piece(i)]) == sp.get_score(i) for i in vocab.values())
 
 
-def test_tokenizer_json_unigram_gives_the_same_files(tmp_path):
+@pytest.mark.parametrize("converter", ["plain", "exporter"])
+def test_tokenizer_json_unigram_gives_the_same_files(tmp_path, converter):
     """A tokenizer.json made from a SentencePiece unigram model (how the released configs'
-    were made) yields byte-identical files to the .model itself."""
+    were made; "exporter": the stand-in converter random-weight exports use, with the
+    normalizer and pre-tokenizer) yields byte-identical files to the .model itself."""
     from tokenizers import Tokenizer, models
 
+    from pocket_tts_onnx.export.standin_tokenizer import sentencepiece_to_tokenizer_json
+
     sp = _demo_processor()
-    pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-    Tokenizer(models.Unigram(pieces, unk_id=sp.unk_id())).save(str(tmp_path / "tokenizer.json"))
+    path = tmp_path / "tokenizer.json"
+    if converter == "plain":
+        pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+        Tokenizer(models.Unigram(pieces, unk_id=sp.unk_id())).save(str(path))
+    else:
+        sentencepiece_to_tokenizer_json(DEMO_DIR / "tokenizer.model", path)
     (tmp_path / "from_json").mkdir()
     (tmp_path / "from_model").mkdir()
-    a = write_sherpa_tokenizer(tmp_path / "tokenizer.json", "tokenizers", tmp_path / "from_json")
+    a = write_sherpa_tokenizer(path, "tokenizers", tmp_path / "from_json")
     b = write_sherpa_tokenizer(
         DEMO_DIR / "tokenizer.model", "sentencepiece", tmp_path / "from_model"
     )
@@ -201,6 +209,7 @@ def test_non_unigram_tokenizers_get_no_files(tmp_path):
 def test_sherpa_token_ids_match_ours(sherpa_bundle, voice_audio, tmp_path):
     bundle = sherpa_bundle.bundle
     manifest = Manifest.load(bundle)
+    assert manifest.tokenizer.kind == "tokenizers"  # a converted tokenizer.json, as released
     ours = load_tokenizer(bundle / manifest.tokenizer.file, manifest.tokenizer.kind)
     _, _, log = run_sherpa(
         bundle, "fp32", TEXTS, voice_audio, tmp_path, debug=True, extra={"max_frames": 1}

@@ -1,10 +1,14 @@
 """The browser runtime (web/) must give what the Python engine gives.
 
-Token ids are compared in Node on a corpus, for every tokenizer family a bundle can hold.
-The demo page is then driven in headless Chromium (web/tests/e2e.mjs): its samples at
-temperature 0 are compared with `PocketTTSOnnx.generate` for plain text, a multi-chunk
-text, voices cloned from uploaded WAV files and a voice .npz written by the CLI; errors must
-be readable on the page, and screenshots land in test-output/web/.
+Token ids are compared in Node on a corpus, for every tokenizer family a bundle can hold, and
+on >= 500 unicode-heavy strings per rule set for tokenizer.json files converted from trained
+SentencePiece models (Precompiled normalizer). The JS engine runs in Node on both flow-LM
+paths (flow_lm_step with preallocated K/V buffers, and the contract graph). The demo page is
+then driven in headless Chromium (web/tests/e2e.mjs): its samples at temperature 0 are
+compared with `PocketTTSOnnx.generate` for plain text, a multi-chunk text, voices cloned from
+uploaded WAV files, a voice .npz written by the CLI and a bundle voice from the dropdown;
+errors must be readable on the page, a failed load must clear the voice, the layout must fit
+390 px and every control must have a label; screenshots land in test-output/web/.
 """
 
 from __future__ import annotations
@@ -676,6 +680,23 @@ def test_page_fits_a_phone_and_labels_every_control(page):
     assert page["phoneWidth"] <= 390, f"page is {page['phoneWidth']} px wide at a 390 px viewport"
     assert page["unlabelled"] == [], f"controls without a label: {page['unlabelled']}"
     assert page["precisionLabel"] == "Precision"
+
+
+@needs_browser
+def test_page_webgpu_option_runs_and_matches_python(server, engine, tmp_path):
+    """?device=webgpu on SwiftShader (no GPU here): every session is created on WebGPU and
+    the samples match the Python engine (measured ~2e-7)."""
+    plan = {"url": server, "precision": "fp32", "text": TEXT, "out": str(tmp_path / "gpu.f32")}
+    (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    result = _node("webgpu.mjs", str(tmp_path / "plan.json"), timeout=180)
+    assert "failure" not in result and result["error"] is None, result
+    assert set(result["devices"].values()) == {"webgpu"}, result["devices"]
+    got = np.fromfile(tmp_path / "gpu.f32", dtype="<f4")
+    want = engine.generate(TEXT, _no_voice(), temperature=0.0)
+    assert got.shape == want.shape
+    diff = float(np.abs(got - want).max())
+    (OUTPUT / "webgpu-diff.json").write_text(json.dumps({"max_abs_diff": diff}))
+    assert diff <= TOLERANCE, diff
 
 
 @needs_browser

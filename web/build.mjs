@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 const root = dirname(fileURLToPath(import.meta.url));
 const dist = join(root, "dist");
 const ORT_FILES = ["ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm",
-  "ort-wasm-simd-threaded.jsep.mjs", "ort-wasm-simd-threaded.jsep.wasm"];
+  "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"];
 const PAGES = ["index.html", "style.css"];
 const ENTRIES = { main: "src/main.js", worker: "src/worker.js", "decoder-worker": "src/decoder-worker.js" };
 const GPU_ENTRIES = { "worker-webgpu": "src/worker.js", "decoder-worker-webgpu": "src/decoder-worker.js" };

@@ -17,6 +17,7 @@ from pocket_tts_onnx.errors import (
     VoiceError,
 )
 from pocket_tts_onnx.manifest import Manifest
+from pocket_tts_onnx.runtime.batching import BatchScheduler, BatchStream
 from pocket_tts_onnx.runtime.engine import (
     NO_VOICE,
     AudioChunk,
@@ -29,6 +30,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AudioChunk",
+    "BatchScheduler",
+    "BatchStream",
     "BundleError",
     "ExportError",
     "GenerationConfig",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,15 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
-UPSTREAM_CONTENDERS = ("upstream", "upstream-int8")
-CONTENDERS = (*UPSTREAM_CONTENDERS, "fp32", "int8")
+from pocket_tts_onnx.bench_report import (
+    KV_LONG,
+    KV_SHORT,
+    UPSTREAM_CONTENDERS,
+    VOICE_SECONDS,
+    machine_info,
+    report,
+    versions,
+)
+
+DEFAULT_CONTENDERS = (*UPSTREAM_CONTENDERS, "fp32", "int8")
+# Our engine uses the fast-KV variant (flow_lm_step) when the bundle has it; "-contract"
+# forces the contract graph flow_lm_main, to compare the two paths in one run.
+CONTENDERS = (*DEFAULT_CONTENDERS, "fp32-contract", "int8-contract")
 TEXT = "This is a benchmark of streaming speech synthesis on a small computer."
 SOAK_TEXT = " ".join(
     f"Paragraph {i} goes on about the weather, the river and the garden in the morning."
     for i in range(400)
 )
-VOICE_SECONDS = 5.0
-KV_SHORT, KV_LONG = 50, 600
 STEPS = 20
 
 
@@ -61,7 +70,11 @@ def add_arguments(parser) -> None:
         default=10.0,
         help="minutes of audio streamed by the INT8 engine for the RSS check (0 skips it)",
     )
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument(
+        "--contenders",
+        default=",".join(DEFAULT_CONTENDERS),
+        help=f"comma list of {', '.join(CONTENDERS)}",
+    )
     parser.add_argument("--output", type=Path, default=Path("bench-results"))
 
 
@@ -110,6 +123,12 @@ def _peak_rss_mb() -> float:
     # VmHWM belongs to this address space; ru_maxrss would carry over the parent's peak
     # through fork + exec.
     return _status_mb("VmHWM")
+
+
+# Clock of the step micro-benchmarks (LM step, Mimi frame). With one intra-op thread both
+# runtimes compute in the calling thread, so its CPU time is used: unlike wall time it barely
+# moves when other processes share the cores. With more threads, wall time.
+_step_clock = time.perf_counter
 
 
 def _median_ms(times: list[float]) -> float:
@@ -175,9 +194,9 @@ def _upstream_worker(job: dict) -> dict:
             x = torch.full((1, 1, flow_lm.ldim), float("nan"))
             times = []
             for _ in range(STEPS):
-                t = time.perf_counter()
+                t = _step_clock()
                 x, _ = model._run_flow_lm_and_increment_step(st, backbone_input_latents=x)
-                times.append(time.perf_counter() - t)
+                times.append(_step_clock() - t)
             return _median_ms(times)
 
         mimi_state = init_states(mimi, batch_size=1, sequence_length=STEPS * 16 + 16)
@@ -185,9 +204,9 @@ def _upstream_worker(job: dict) -> dict:
         times = []
         for _ in range(STEPS):
             latent = torch.randn(1, 1, flow_lm.ldim) * flow_lm.emb_std + flow_lm.emb_mean
-            t = time.perf_counter()
+            t = _step_clock()
             mimi.decode_from_latent(latent, mimi_state)
-            times.append(time.perf_counter() - t)
+            times.append(_step_clock() - t)
             increment_steps(mimi, mimi_state, increment=steps_per_latent)
         result = _result(
             audio_s=samples / model.sample_rate,
@@ -219,9 +238,7 @@ def _upstream_quantize(model) -> str:
 
 
 def _engine_worker(job: dict) -> dict:
-    from pocket_tts_onnx import PocketTTSOnnx
-
-    tts = PocketTTSOnnx.load(job["bundle"], precision=job["contender"], threads=job["threads"])
+    tts = _load_engine(job)
     m = tts.manifest
     start = time.perf_counter()
     voice = tts.voice_from_audio((_voice_audio(tts.sample_rate), tts.sample_rate))
@@ -248,22 +265,22 @@ def _engine_worker(job: dict) -> dict:
         no_text = np.zeros((1, 0, m.d_model), dtype=np.float32)
         times = []
         for _ in range(STEPS):
-            t = time.perf_counter()
+            t = _step_clock()
             out, states = flow_lm.step({"sequence": x, "text_embeddings": no_text}, states)
             latent = sampler.sample(
                 out["conditioning"], rng, config.temperature, config.noise_clamp, config.lsd_steps
             )
             x = latent[:, None, :]
-            times.append(time.perf_counter() - t)
+            times.append(_step_clock() - t)
         return _median_ms(times)
 
     decoder = tts.new_decoder()
     times = []
     for _ in range(STEPS):
         latent = rng.standard_normal((1, m.latent_dim)).astype(np.float32)
-        t = time.perf_counter()
+        t = _step_clock()
         decoder.decode([latent])
-        times.append(time.perf_counter() - t)
+        times.append(_step_clock() - t)
     result = _result(
         audio_s=samples / tts.sample_rate,
         elapsed=elapsed,
@@ -281,10 +298,24 @@ def _engine_worker(job: dict) -> dict:
     return result
 
 
+def _load_engine(job: dict):
+    """Our engine at the contender's precision; "-contract" builds it from the five contract
+    sessions only, so it runs flow_lm_main even when the bundle has the fast-KV variant."""
+    from pocket_tts_onnx import PocketTTSOnnx
+    from pocket_tts_onnx.specs import GRAPH_NAMES
+
+    precision, _, path = job["contender"].partition("-")
+    tts = PocketTTSOnnx.load(job["bundle"], precision=precision, threads=job["threads"])
+    if path != "contract":
+        return tts
+    sessions = {name: tts.graphs[name].session for name in GRAPH_NAMES}
+    return PocketTTSOnnx.from_sessions(tts.manifest, sessions, tts.tokenizer, job["bundle"])
+
+
 def _fastkv_lm_steps(tts, config) -> dict:
     """Flow-LM step times through the fast-KV variant `flow_lm_step` (K/V rows kept in
     preallocated buffers, only new rows returned), when the bundle has it."""
-    if "flow_lm_step" not in tts.manifest.graphs:
+    if "flow_lm_step" not in tts.graphs:  # older bundle, or a "-contract" contender
         return {}
     from pocket_tts_onnx.runtime.kv_buffer import KVBuffers
 
@@ -306,13 +337,13 @@ def _fastkv_lm_steps(tts, config) -> dict:
         no_text = np.zeros((1, 0, m.d_model), dtype=np.float32)
         times = []
         for _ in range(STEPS):
-            t = time.perf_counter()
+            t = _step_clock()
             out = call(buffers, x, no_text)
             latent = tts.sampler.sample(
                 out["conditioning"], rng, config.temperature, config.noise_clamp, config.lsd_steps
             )
             x = latent[:, None, :]
-            times.append(time.perf_counter() - t)
+            times.append(_step_clock() - t)
         return _median_ms(times)
 
     return {"lm_step_fastkv_ms": step_ms(KV_SHORT), "lm_step_fastkv_kv600_ms": step_ms(KV_LONG)}
@@ -338,7 +369,10 @@ def _soak(tts, voice, minutes: float) -> dict:
 
 
 def worker_main(job_json: str) -> None:
+    global _step_clock
     job = json.loads(job_json)
+    if job["threads"] == 1:
+        _step_clock = time.thread_time
     run = _upstream_worker if job["contender"] in UPSTREAM_CONTENDERS else _engine_worker
     print("BENCH-RESULT " + json.dumps(run(job)), flush=True)
 
@@ -356,65 +390,6 @@ def _run_worker(job: dict) -> dict:
     raise RuntimeError(f"{job['contender']} worker failed:\n{proc.stderr[-3000:]}")
 
 
-def _machine() -> dict:
-    """CPU model, cores and the ISA extensions that decide INT8/FP32 kernel speed (lscpu when
-    present, /proc/cpuinfo otherwise), and the measured memory bandwidth."""
-    info: dict[str, str] = {}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        info = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in out.splitlines())}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    model = info.get("Model name", platform.processor())
-    flags = set(info.get("Flags", "").split())
-    if not flags:
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-        except OSError:
-            pass
-    wanted = ["avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-              "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"]  # fmt: skip
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "threads_per_core": info.get("Thread(s) per core"),
-        "hypervisor": info.get("Hypervisor vendor"),
-        "flags": [f for f in wanted if f in flags],
-        "memory_copy_gb_s": _memory_bandwidth(),
-        "python": platform.python_version(),
-    }
-
-
-def _memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
-    """GB/s copied by one thread: numpy copy of a `mib` MiB array (far beyond the caches),
-    best of `repeats`. Each byte copied is read once and written once, so the traffic is twice
-    this. The flow LM reads its weights and K/V cache every step, so this bounds step time."""
-    src = np.ones(mib * 2**20 // 8, dtype=np.float64)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - start)
-    return src.nbytes / best / 1e9
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("pocket-tts-onnx", "onnxruntime", "pocket-tts", "torch", "numpy"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = None
-    return out
-
-
 def _ensure_bundle(args, source: dict, progress) -> Path:
     if args.bundle is not None:
         return args.bundle
@@ -430,98 +405,6 @@ def _ensure_bundle(args, source: dict, progress) -> Path:
     progress(f"exporting {name} (FP32 + INT8) to {bundle}")
     export_bundle(_model_source(source), bundle, quantize=True, verify=False)
     return bundle
-
-
-METRICS = [
-    ("x_realtime", "throughput (x realtime)", "{:.2f}"),
-    ("cpu_s_per_audio_s", "CPU seconds per audio second, all threads", "{:.3f}"),
-    ("first_chunk_ms", "first audio chunk (ms)", "{:.0f}"),
-    ("voice_encode_ms", f"voice prompt encoding, {VOICE_SECONDS:.0f} s audio (ms)", "{:.0f}"),
-    ("lm_step_ms", f"flow-LM step incl. head, KV {KV_SHORT} (ms)", "{:.2f}"),
-    ("lm_step_kv600_ms", f"flow-LM step incl. head, KV {KV_LONG} (ms)", "{:.2f}"),
-    ("kv_growth", f"step time KV {KV_LONG} / KV {KV_SHORT}", "{:.2f}"),
-    ("lm_step_fastkv_ms", f"fast-KV step (flow_lm_step), KV {KV_SHORT} (ms)", "{:.2f}"),
-    ("lm_step_fastkv_kv600_ms", f"fast-KV step (flow_lm_step), KV {KV_LONG} (ms)", "{:.2f}"),
-    ("kv_growth_fastkv", f"fast-KV step time KV {KV_LONG} / KV {KV_SHORT}", "{:.2f}"),
-    ("mimi_frame_ms", "Mimi decode per 80 ms frame (ms)", "{:.2f}"),
-    ("peak_rss_mb", "peak RSS: load, voice, stream (MB)", "{:.0f}"),
-]
-
-
-def _report(results: dict[str, list[dict]], meta: dict) -> tuple[str, dict]:
-    medians = {}
-    for contender, runs in results.items():
-        med = {
-            k: statistics.median(r[k] for r in runs)
-            for k in runs[0]
-            if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None
-        }
-        med["kv_growth"] = med["lm_step_kv600_ms"] / med["lm_step_ms"]
-        if "lm_step_fastkv_ms" in med:
-            med["kv_growth_fastkv"] = med["lm_step_fastkv_kv600_ms"] / med["lm_step_fastkv_ms"]
-        medians[contender] = med
-    bases = [b for b in UPSTREAM_CONTENDERS if b in medians]
-    ratios: dict[str, dict[str, float]] = {c: {} for c in medians} if bases else {}
-    for base in bases:
-        up = medians[base]
-        for c, med in medians.items():
-            ratios[c].update(
-                {
-                    f"throughput_vs_{base}": med["x_realtime"] / up["x_realtime"],
-                    f"cpu_efficiency_vs_{base}": up["cpu_s_per_audio_s"] / med["cpu_s_per_audio_s"],
-                    f"first_chunk_vs_{base}": med["first_chunk_ms"] / up["first_chunk_ms"],
-                    f"peak_rss_vs_{base}": med["peak_rss_mb"] / up["peak_rss_mb"],
-                }
-            )
-    names = list(medians)
-    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for key, label, fmt in METRICS:
-        cells = [fmt.format(medians[c][key]) if key in medians[c] else "-" for c in names]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for base in bases:
-        for key, label in (
-            (f"throughput_vs_{base}", f"throughput vs {base}"),
-            (f"cpu_efficiency_vs_{base}", f"audio per CPU second vs {base}"),
-            (f"first_chunk_vs_{base}", f"first chunk vs {base}"),
-            (f"peak_rss_vs_{base}", f"peak RSS vs {base}"),
-        ):
-            lines.append(
-                f"| **{label}** | " + " | ".join(f"{ratios[c][key]:.2f}x" for c in names) + " |"
-            )
-    soak = {k: v for k, v in medians.get("int8", {}).items() if k.startswith("rss_after")}
-    text = "\n".join(lines) + "\n" + _targets(medians, ratios)
-    if soak:
-        text += (
-            "\nINT8 engine RSS while streaming: "
-            + ", ".join(
-                f"{k.removeprefix('rss_').removesuffix('_mb').replace('_', ' ')}: {v:.0f} MB"
-                for k, v in soak.items()
-            )
-            + "\n"
-        )
-    return text, {"medians": medians, "ratios": ratios, "per_run": results, **meta}
-
-
-# Issue 10's targets: (contender, metric, comparison, bound, description).
-TARGETS = [
-    ("int8", "throughput_vs_upstream-int8", ">=", 3.0, "INT8 throughput >= 3x upstream-int8"),
-    ("int8", "first_chunk_vs_upstream-int8", "<=", 1 / 3, "INT8 first chunk <= 1/3 upstream-int8"),
-    ("fp32", "throughput_vs_upstream", ">=", 1.5, "FP32 throughput >= 1.5x upstream fp32"),
-    ("int8", "kv_growth", "<=", 1.15, f"INT8 step KV {KV_LONG} / KV {KV_SHORT} <= 1.15x"),
-    ("int8", "kv_growth_fastkv", "<=", 1.15, "same, fast-KV step (flow_lm_step)"),
-    ("int8", "peak_rss_vs_upstream-int8", "<=", 1 / 3, "INT8 peak RSS <= 1/3 upstream-int8"),
-]
-
-
-def _targets(medians: dict, ratios: dict) -> str:
-    lines = []
-    for contender, key, op, bound, label in TARGETS:
-        value = ratios.get(contender, {}).get(key, medians.get(contender, {}).get(key))
-        if value is None:
-            continue
-        met = value >= bound if op == ">=" else value <= bound
-        lines.append(f"- {label}: {value:.2f}x, {'met' if met else '**missed**'}")
-    return "\nTargets (issue 10):\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def run_bench(args) -> None:
@@ -567,15 +450,15 @@ def run_bench(args) -> None:
             r.update({k: v for k, v in soak.items() if k.startswith(("rss_after", "soak_"))})
     meta = {
         "load_average_1min": [load_before, os.getloadavg()[0]],
-        "machine": _machine(),
-        "versions": _versions(),
+        "machine": machine_info(),
+        "versions": versions(),
         "threads": args.threads,
         "frames": args.frames,
         "runs": args.runs,
         "source": source,
         "bundle": str(bundle),
     }
-    table, data = _report(results, meta)
+    table, data = report(results, meta)
     from pocket_tts_onnx.manifest import Manifest
 
     random_bundle = Manifest.load(bundle).random_weights
@@ -589,7 +472,9 @@ def run_bench(args) -> None:
         f"that); intra-op threads per contender: {args.threads}; {args.frames} frames per "
         f"run, median of {args.runs} runs, contenders alternating, each in its own process; "
         f"{weights}; load average {meta['load_average_1min'][0]:.1f} before, "
-        f"{meta['load_average_1min'][1]:.1f} after."
+        f"{meta['load_average_1min'][1]:.1f} after; step and frame times are "
+        + ("CPU time of the computing thread" if args.threads == 1 else "wall time")
+        + "."
         + (f" upstream-int8 backend: {', '.join(sorted(backends))}." if backends else "")
         + "\n\n"
     )

@@ -134,10 +134,24 @@ export function checkManifest(m, url, textRuleKeys = null) {
   }
 }
 
-/** The ONNX Runtime session for one graph file. `device` "webgpu" falls back to wasm. */
+let gpuAdapter; // undefined until asked: a WebGPU adapter, or null when there is none
+
+async function hasWebGpu() {
+  if (gpuAdapter === undefined) {
+    try {
+      gpuAdapter = (await globalThis.navigator?.gpu?.requestAdapter()) ?? null;
+    } catch {
+      gpuAdapter = null;
+    }
+  }
+  return gpuAdapter !== null;
+}
+
+/** The ONNX Runtime session for one graph file. `device` "webgpu" falls back to wasm when
+ * the browser has no WebGPU adapter or the session cannot be created on it. */
 export async function createSession(bytes, file, device = "wasm") {
   const options = { graphOptimizationLevel: "all" };
-  if (device === "webgpu" && globalThis.navigator?.gpu) {
+  if (device === "webgpu" && (await hasWebGpu())) {
     try {
       const session = await ort.InferenceSession.create(bytes, {
         ...options,

@@ -22,6 +22,7 @@ import { Decoder, maxDecodeFrames } from "./decoder.js";
 import { KVCache } from "./kv-cache.js";
 import { readNpz } from "./npz.js";
 import { createRng } from "./rng.js";
+import { drawNoise, solveFlow } from "./sampling.js";
 import { estimateMaxFrames, InvalidInputError, textRules, textToChunkTokens } from "./text.js";
 import { loadTokenizer } from "./tokenizer.js";
 
@@ -420,50 +421,23 @@ export class PocketTTS {
     return new ort.Tensor("float32", new Float32Array(0), [1, 0, this.manifest.latent_dim]);
   }
 
-  // N(0, temperature), truncated to [-clamp, clamp] by redrawing; exactly 0 at temperature 0.
-  _noise(p, rng) {
-    const std = Math.sqrt(p.temperature);
-    const x = new Float32Array(this.manifest.latent_dim);
-    for (let i = 0; i < x.length; i++) {
-      let v = rng.normal() * std;
-      while (p.noiseClamp !== null && std > 0 && Math.abs(v) > p.noiseClamp) v = rng.normal() * std;
-      x[i] = v;
-    }
-    return x;
-  }
-
-  // The flow head's decode rule, one graph call per solver step.
+  // Noise, then the flow head's decode rule (sampling.js). A non-finite latent (a huge
+  // temperature) is an error, never silent NaN audio.
   async _sample(conditioning, p, rng) {
-    const L = this.manifest.latent_dim;
-    const n = p.lsdSteps;
-    let x = this._noise(p, rng);
-    const head = async (times) => {
-      const feeds = { c: conditioning, x: new ort.Tensor("float32", x, [1, L]) };
-      for (const [name, value] of Object.entries(times)) {
-        feeds[name] = new ort.Tensor("float32", Float32Array.of(value), [1, 1]);
-      }
-      return (await this._run("flow_lm_flow", feeds)).flow_dir.data;
-    };
-    // x + dir / n in float32, as numpy computes it.
-    const euler = (dir) => x.map((v, k) => v + Math.fround(dir[k] / n));
-    switch (this.manifest.flow_type) {
-      case "lsd":
-        for (let i = 0; i < n; i++) x = euler(await head({ s: i / n, t: (i + 1) / n }));
-        break;
-      case "flow_matching":
-        for (let i = 0; i < n; i++) x = euler(await head({ t: i / n }));
-        break;
-      case "drifting":
-        x = Float32Array.from(await head({}));
-        break;
-      case "pointwise": {
-        const dir = await head({});
-        x = x.map((v, k) => v + dir[k]);
-        break;
-      }
-      default:
-        throw new BundleError(`unknown flow head type ${this.manifest.flow_type}`);
+    const m = this.manifest;
+    const noise = drawNoise(rng, m.latent_dim, p.temperature, p.noiseClamp);
+    if (!noise.every(Number.isFinite)) {
+      throw new InvalidInputError(
+        `temperature ${p.temperature} makes the noise overflow float32: lower the temperature`,
+      );
     }
-    return x;
+    const latent = await solveFlow((feeds) => this._run("flow_lm_flow", feeds), m.flow_type,
+      conditioning, noise, p.lsdSteps);
+    if (!latent.every(Number.isFinite)) {
+      throw new InvalidInputError(
+        "the model produced a non-finite latent (NaN/Inf): check the voice and the temperature",
+      );
+    }
+    return latent;
   }
 }

@@ -35,6 +35,8 @@ export function createRng(seed = null) {
   const uniform = () => ((next() >>> 5) * 67108864 + (next() >>> 6)) / 9007199254740992;
   let spare = null;
   return {
+    /** Uniform in [0, 1). */
+    uniform,
     normal() {
       if (spare !== null) {
         const v = spare;

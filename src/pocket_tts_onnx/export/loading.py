@@ -309,7 +309,11 @@ def _load(source, data, config_path, config_name, random_init, tmp) -> LoadedMod
     model.eval()
 
     if source.weights is None and not random_init and source.checkpoint is None:
-        weights = _weights_file_of(data)
+        key = "weights_path"
+        if not model.has_voice_cloning:  # upstream fell back to the weights without cloning
+            key = "weights_path_without_voice_cloning"
+            source_entry["weights"] = str(data.get(key))
+        weights = _weights_file_of(data, key)
         if weights is not None:
             source_entry["weights_sha256"] = file_sha256(weights)
     tok_path = Path(lookup["tokenizer_path"])
@@ -338,14 +342,14 @@ def _tokenizer_kind(lookup: dict) -> str:
     return "sentencepiece"
 
 
-def _weights_file_of(data: dict) -> Path | None:
+def _weights_file_of(data: dict, key: str = "weights_path") -> Path | None:
     """The local (cached) file upstream loaded its weights from, for the manifest's sha256."""
     from pocket_tts.utils.utils import download_if_necessary
 
-    raw = data.get("weights_path")
+    raw = data.get(key)
     if not raw:
         return None
     try:
         return download_if_necessary(str(raw))
-    except Exception:  # the no-voice-cloning fallback was used; its hash is not recorded
+    except Exception:  # not fetchable after all: the hash is not recorded
         return None

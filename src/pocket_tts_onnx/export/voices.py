@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,10 +179,10 @@ def _fetch_predefined(language: str, name: str) -> tuple[dict, str]:
     return _import_model_state(_download(url), torch.device("cpu")), url
 
 
-def synthetic_prompt(sample_rate: int, seed: int) -> torch.Tensor:
-    """Two seconds of seeded noise bursts ending in a pause, [1, N]: deterministic input for
-    voices of random-weight models."""
-    gen = torch.Generator().manual_seed(1000 + seed)
+def synthetic_prompt(sample_rate: int, name: str) -> torch.Tensor:
+    """Two seconds of noise bursts ending in a pause, [1, N], seeded by the voice's name:
+    deterministic input for voices of random-weight models."""
+    gen = torch.Generator().manual_seed(zlib.crc32(name.encode("utf-8")))
     n = 2 * sample_rate
     audio = torch.zeros(1, n)
     burst = sample_rate // 5
@@ -208,14 +209,12 @@ def plan_voices(
     default = default_voice_for(source.language, custom)
     names = [default] if selection == "all" else list(selection)
     if random_init:
-        if selection == "all" and source.language is not None:
-            names = [default]
         voices = []
-        for i, name in enumerate(names):
+        for name in names:
             progress(f"voice {name}: encoding a synthetic prompt (random weights)")
-            state = _encode(model, synthetic_prompt(int(model.config.mimi.sample_rate), i))
+            state = _encode(model, synthetic_prompt(int(model.config.mimi.sample_rate), name))
             voices.append(PlannedVoice(name, state, SYNTHETIC_ORIGIN))
-        return voices, names[0], []
+        return voices, (default if default in names else names[0]), []
     if not custom:
         return _plan_predefined(loaded, source.language, selection, default, progress)
     return _plan_custom(model, names, default, selection, progress)

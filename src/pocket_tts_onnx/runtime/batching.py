@@ -111,6 +111,7 @@ class BatchScheduler:
         self._active: list[_Request] = []
         self._lock = threading.Condition()
         self._closed = False
+        self._failure: BaseException | None = None
         self._decoder = _DecoderThread(tts)
         self._thread = threading.Thread(target=self._run, name="pocket-tts-batch", daemon=True)
         self._thread.start()
@@ -128,7 +129,10 @@ class BatchScheduler:
         request = _Request(chunks, start, filled, config, np.random.default_rng(config.seed))
         with self._lock:
             if self._closed:
-                raise PocketTTSOnnxError("the scheduler is closed")
+                cause = f": it stopped after {self._failure!r}" if self._failure else ""
+                raise PocketTTSOnnxError(f"the scheduler is closed{cause}")
+            if self._decoder.error is not None:
+                raise PocketTTSOnnxError(f"the scheduler's decoder failed: {self._decoder.error!r}")
             # Requests the worker has not admitted yet into free rows are not queued.
             free = max(0, self.max_streams - len(self._active))
             if len(self._waiting) - free >= self.max_queue:
@@ -169,6 +173,9 @@ class BatchScheduler:
                 if self._active:
                     self._advance()
         except BaseException as e:  # a model failure ends every stream, with the cause
+            with self._lock:
+                self._closed = True
+                self._failure = e
             for request in self._active + list(self._waiting):
                 request.out.put(e)
         finally:
@@ -280,6 +287,7 @@ class _DecoderThread:
         self._sample_rate = tts.sample_rate
         self._ramp = tts.fade_in_ramp()
         self._events: queue.Queue = queue.Queue()
+        self.error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="pocket-tts-mimi", daemon=True)
         self._thread.start()
 
@@ -321,12 +329,17 @@ class _DecoderThread:
                 request.out.put(error if error is not None else _END)
             elif kind == "decode":
                 latents, requests = value
+                if self.error is not None:  # a failed decoder: every stream ends with it
+                    for request in requests:
+                        request.out.put(self.error)
+                    continue
                 try:
                     out, states = self._graph.step({"latent": latents}, states)
-                except BaseException as e:  # fatal for every stream in the batch
+                except Exception as e:  # e.g. out of memory; the batch state is lost
+                    self.error = e
                     for request in requests:
                         request.out.put(e)
-                    raise
+                    continue
                 for i, request in enumerate(requests):
                     audio = out["audio_frame"][i, 0]
                     if request.first_frame:

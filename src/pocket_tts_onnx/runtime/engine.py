@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pocket_tts_onnx.errors import InvalidInputError, VoiceError
-from pocket_tts_onnx.manifest import PRECISIONS, Manifest
+from pocket_tts_onnx.manifest import PRECISIONS, Manifest, resolve_in_bundle
 from pocket_tts_onnx.runtime.audio import prepare_voice_audio, read_audio
 from pocket_tts_onnx.runtime.buffered_generation import BufferedLatentGenerator
 from pocket_tts_onnx.runtime.config import GenerationConfig
@@ -30,7 +30,11 @@ from pocket_tts_onnx.runtime.sampling import FlowSampler
 from pocket_tts_onnx.runtime.sessions import default_session_options, open_bundle_graph
 from pocket_tts_onnx.runtime.streaming import AudioChunk, stream_audio
 from pocket_tts_onnx.runtime.tokenizer import Tokenizer, load_tokenizer
-from pocket_tts_onnx.runtime.voice_file import load_upstream_voice_safetensors, load_voice_npz
+from pocket_tts_onnx.runtime.voice_file import (
+    expected_from_spec,
+    load_upstream_voice_safetensors,
+    load_voice_npz,
+)
 from pocket_tts_onnx.runtime.voices import (
     NO_VOICE,
     VOICE_FORMAT,
@@ -41,7 +45,7 @@ from pocket_tts_onnx.runtime.voices import (
     states_from_upstream,
 )
 from pocket_tts_onnx.specs import GRAPH_NAMES
-from pocket_tts_onnx.text import TextChunk, text_to_chunk_tokens
+from pocket_tts_onnx.text import TextChunk, iter_chunk_tokens, text_to_chunk_tokens
 
 __all__ = [
     "MAX_DECODE_FRAMES",
@@ -99,7 +103,7 @@ class PocketTTSOnnx:
             )  # fmt: skip
         self._fade_in = fade_in_samples(manifest.sample_rate, manifest.defaults.fade_in_seconds)
         main = manifest.graphs["flow_lm_main"]
-        self.model_id = main.sha256[main.files["fp32"]]
+        self.model_id = main.digest(main.files["fp32"])
         self._voices = VoiceCatalog(
             manifest,
             Path(bundle) if bundle is not None else None,
@@ -138,7 +142,7 @@ class PocketTTSOnnx:
             for name in GRAPH_NAMES
             if not (name == "flow_lm_main" and FAST_KV in manifest.graphs)
         }
-        tokenizer_path = bundle / manifest.tokenizer.file
+        tokenizer_path = resolve_in_bundle(bundle, manifest.tokenizer.file)
         tok = manifest.tokenizer  # sha256 and vocabulary size: a swapped tokenizer is refused
         tokenizer = load_tokenizer(
             tokenizer_path, tok.kind, tok.sha256 if verify_checksums else None, tok.vocab_size
@@ -250,7 +254,7 @@ class PocketTTSOnnx:
             states = states_from_upstream(load_upstream_voice_safetensors(path), spec, path)
             model_id = self.model_id  # upstream files carry no model id
         else:
-            states, metadata = load_voice_npz(path)
+            states, metadata = load_voice_npz(path, expected=expected_from_spec(spec))
             if metadata.get("format") != VOICE_FORMAT:
                 raise VoiceError(f"{path} is not a pocket-tts-onnx voice file")
             model_id = metadata.get("model_id", "")
@@ -364,9 +368,10 @@ class PocketTTSOnnx:
             max_frames=max_frames,
             first_chunk_frames=first_chunk_frames,
         )
-        # Bad input fails here, in the caller's thread, before any work starts.
+        # Bad input fails here, in the caller's thread, before any work starts. Chunks are made
+        # as they are needed: the first audio of a long text does not wait for all of it.
         start = self._start_state(voice)
-        chunks = self.text_chunks(text)
+        chunks = iter_chunk_tokens(text, self.tokenizer, self.manifest.text)
         return stream_audio(
             self._generator, self.new_decoder, chunks, start, config, self.sample_rate
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from pocket_tts_onnx.errors import BundleError
-from pocket_tts_onnx.manifest import Manifest, file_sha256
+from pocket_tts_onnx.manifest import Manifest, file_sha256, resolve_in_bundle
 
 __all__ = ["default_session_options", "open_bundle_graph", "open_session"]
 
@@ -31,10 +31,10 @@ def open_bundle_graph(
             f"{bundle} has no {precision} file for {name}: re-export with "
             "--quantize, or load with precision='fp32'"
         )
-    path = bundle / entry.files[precision]
+    path = resolve_in_bundle(bundle, entry.files[precision])
     if not path.is_file():
         raise BundleError(f"{path} is missing from the bundle; re-export it")
-    if verify_checksums and file_sha256(path) != entry.sha256[entry.files[precision]]:
+    if verify_checksums and file_sha256(path) != entry.digest(entry.files[precision]):
         raise BundleError(
             f"{path} does not match the sha256 in manifest.json: the file is corrupted "
             "or was replaced; re-export or re-download the bundle"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from pocket_tts_onnx.runtime.config import GenerationConfig
 from pocket_tts_onnx.runtime.decoder import MAX_DECODE_FRAMES, ChunkDecoder
 from pocket_tts_onnx.runtime.generation import LatentGenerator
+from pocket_tts_onnx.text import TextChunk
 
 __all__ = ["AudioChunk", "stream_audio"]
 
@@ -66,7 +67,7 @@ def _produce(generator: LatentGenerator, chunks, start, config, out, stop) -> No
 def stream_audio(
     generator: LatentGenerator,
     new_decoder: Callable[[], ChunkDecoder],
-    chunks: list,
+    chunks: Iterable[TextChunk],
     start: dict[str, np.ndarray],
     config: GenerationConfig,
     sample_rate: int,

@@ -33,6 +33,7 @@ CONFIGS = {
     "int8": "precision=int8",
     "fp32": "precision=fp32",
     "int8, contract flow_lm_main": "precision=int8&fastkv=0",
+    "int8, K/V buffers doubling": "precision=int8&kvslack=0",
     "int8, flow-LM worker 2 threads": "precision=int8&threads=2",
     "int8, one worker": "precision=int8&pipeline=0",
     "int8, one worker, 2 threads": "precision=int8&pipeline=0&threads=2",

@@ -380,6 +380,62 @@ def test_js_tokenizer_json_from_sentencepiece_matches_python(converted_tokenizer
     ]
 
 
+# ------------------------------------------------------------------------------ build
+
+
+def test_build_keeps_a_bundle_in_dist(tmp_path):
+    """`npm run build` replaces only its own files: a bundle exported into web/dist (as an
+    older README said to) survives it."""
+    keep = WEB / "dist" / "bundle-kept-by-build-test"
+    keep.mkdir(parents=True, exist_ok=True)
+    (keep / "manifest.json").write_text("{}", encoding="utf-8")
+    try:
+        build = subprocess.run(
+            [NODE, str(WEB / "build.mjs")], capture_output=True, text=True, timeout=120
+        )
+        assert build.returncode == 0, build.stderr[-3000:]
+        assert (keep / "manifest.json").read_text(encoding="utf-8") == "{}"
+        assert (WEB / "dist" / "index.html").is_file() and (WEB / "dist" / "worker.js").is_file()
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ noise
+
+
+def test_js_truncated_noise_has_no_redraw_loop():
+    """noiseClamp is sampled by inverse CDF: a tiny clamp returns at once (a redraw loop
+    never ends), and the distribution is the truncated normal (variance as scipy's)."""
+    from scipy.special import erf
+    from scipy.stats import truncnorm
+
+    script = """
+    import { erf, drawNoise } from "./src/sampling.js";
+    import { createRng } from "./src/rng.js";
+    const rng = createRng(3);
+    const tiny = drawNoise(rng, 64, 0.7, 1e-30);
+    const wide = drawNoise(rng, 200000, 1, 1.5);
+    let v = 0, max = 0; for (const a of wide) { v += a * a; max = Math.max(max, Math.abs(a)); }
+    const grid = [1e-30, 1e-8, 0.01, 0.3, 1, 1.7, 2, 2.5, 4];
+    console.log(JSON.stringify({ tiny: Array.from(tiny), variance: v / wide.length,
+      max, erf: grid.map(erf), grid }));
+    """
+    proc = subprocess.run(
+        [NODE, "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=WEB,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    assert all(abs(x) <= 1e-30 for x in got["tiny"]) and any(x != 0 for x in got["tiny"])
+    assert got["max"] <= 1.5
+    assert abs(got["variance"] - truncnorm(-1.5, 1.5).var()) < 0.01
+    want = erf(np.array(got["grid"]))
+    assert np.allclose(got["erf"], want, rtol=1e-9, atol=1e-9), (got["erf"], want)
+
+
 # ------------------------------------------------------------------------- fast-KV engine
 
 

@@ -317,17 +317,14 @@ def _fastkv_lm_steps(tts, config) -> dict:
     preallocated buffers, only new rows returned), when the bundle has it."""
     if "flow_lm_step" not in tts.graphs:  # older bundle, or a "-contract" contender
         return {}
+    from pocket_tts_onnx.runtime.buffered_generation import run_step
     from pocket_tts_onnx.runtime.kv_buffer import KVBuffers
 
     m, graph, rng = tts.manifest, tts.graphs["flow_lm_step"], np.random.default_rng(0)
-    names = list(graph.output_names)
+    row = slice(0, 1)
 
     def call(buffers, sequence, text) -> dict:
-        feeds = buffers.prepare(slice(0, 1), sequence.shape[1] + text.shape[1])
-        values = graph.session.run(names, {"sequence": sequence, "text_embeddings": text, **feeds})
-        out = dict(zip(names, values, strict=True))
-        buffers.append(slice(0, 1), out)
-        return out
+        return run_step(graph, buffers, row, sequence, text)
 
     def step_ms(kv: int) -> float:
         buffers = KVBuffers(graph.spec, rows=1, capacity=kv + STEPS + 1)

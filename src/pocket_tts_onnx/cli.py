@@ -7,6 +7,7 @@ raises on purpose is printed as one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import sys
@@ -243,8 +244,15 @@ def _read_text(args) -> str:
     return _decode_text(buffer.read(), "the text on stdin")
 
 
-def _check_out(path: Path) -> None:
-    """Fail before any synthesis when --out cannot be written, so no work is lost."""
+def _check_out(path: Path, bundle: Path) -> None:
+    """Fail before any synthesis when --out cannot be written, so no work is lost, and never
+    write into the bundle (a WAV over manifest.json or a shipped voice breaks it)."""
+    with contextlib.suppress(OSError):
+        if path.resolve().is_relative_to(bundle.resolve()):
+            raise InvalidInputError(
+                f"--out {path} is inside the bundle {bundle}; write it elsewhere (writing "
+                "there would replace or add files the manifest does not describe)"
+            )
     if path.is_dir():
         raise InvalidInputError(
             f"--out {path} is a directory; give a file name, e.g. --out {path / 'out.wav'}"
@@ -258,6 +266,14 @@ def _check_out(path: Path) -> None:
         raise InvalidInputError(f"--out {path}: the folder {parent} is not writable")
 
 
+def _write(path: Path, write) -> None:
+    """Run `write`; a filesystem refusal the checks could not foresee is one line."""
+    try:
+        write()
+    except OSError as e:
+        raise InvalidInputError(f"cannot write --out {path}: {e.strerror or e}") from e
+
+
 # `say --voice X`: X is a file if it exists or has one of these suffixes, else a voice name.
 _AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
@@ -266,7 +282,7 @@ def run_say(args) -> None:
     from pocket_tts_onnx import PocketTTSOnnx
     from pocket_tts_onnx.runtime.audio import write_wav
 
-    _check_out(args.out)
+    _check_out(args.out, args.bundle)
     text = _read_text(args)
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
     voice = None  # None: the bundle's default voice, if it has one
@@ -297,7 +313,7 @@ def run_say(args) -> None:
             pieces.append(chunk.samples)
         audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     elapsed = time.perf_counter() - start
-    write_wav(args.out, audio, tts.sample_rate)
+    _write(args.out, lambda: write_wav(args.out, audio, tts.sample_rate))
     duration = audio.shape[0] / tts.sample_rate
     latency = (
         f"first audio after {1000 * first:.0f} ms" if first is not None else "one pass: --seed"
@@ -313,11 +329,11 @@ def run_say(args) -> None:
 def run_voice(args) -> None:
     from pocket_tts_onnx import PocketTTSOnnx
 
-    _check_out(args.out)
+    _check_out(args.out, args.bundle)
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision)
     start = time.perf_counter()
     voice = tts.voice_from_audio(args.audio, truncate=not args.no_truncate)
-    voice.save(args.out)
+    _write(args.out, lambda: voice.save(args.out))
     print(f"wrote {args.out} in {time.perf_counter() - start:.2f} s")
 
 

@@ -235,7 +235,7 @@ class Manifest:
             )
         except BundleError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BundleError(
                 f"manifest is incomplete or malformed ({type(e).__name__}: {e})"
             ) from e

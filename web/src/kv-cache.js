@@ -1,7 +1,12 @@
 // The flow LM's keys and values for the fast-KV graph flow_lm_step (docs/state-design.md):
 // one preallocated buffer [1, H_kv, capacity, d] per layer, read by the graph, which returns
-// only the new rows; they are written here at `position`. Capacity doubles when full, so a
-// step never copies the cache in JS and the graph never concatenates it.
+// only the new rows; they are written here at `position`, so the graph never concatenates the
+// cache. When full, the capacity grows to what is needed plus `slack` rows (slack 0: doubles).
+// A tight capacity matters in WebAssembly: every call copies the whole buffer into the wasm
+// heap and the graph's cost grows with it (step at KV 300: 40 ms at capacity 308, 44 ms at
+// 600, 60 ms at 1200), while growing re-copies the cache only once per `slack` steps.
+
+export const KV_SLACK = 32;
 
 import * as ort from "onnxruntime-web/wasm";
 
@@ -9,8 +14,9 @@ const OFFSET = "offset"; // upstream_key of the contract graph's position counte
 
 export class KVCache {
   /** `buffers`: the step graph's buffer specs ({name, output_name, state, shape, ...}). */
-  constructor(buffers, capacity = 64) {
+  constructor(buffers, capacity = KV_SLACK, slack = KV_SLACK) {
     this.specs = buffers;
+    this.slack = slack;
     this.position = 0;
     this.capacity = Math.max(1, capacity);
     this.arrays = {};
@@ -22,13 +28,13 @@ export class KVCache {
   }
 
   /** A cache holding contract-layout states (a voice: K/V [1, H, P, d] and the counter). */
-  static fromStates(buffers, stateSpecs, states) {
+  static fromStates(buffers, stateSpecs, states, slack = KV_SLACK) {
     const counter = stateSpecs.find((s) => s.upstream_key === OFFSET);
     const first = states[buffers[0].state];
     const rows = first.dims[2];
     // The real rows are the last `position` ones: a junk prefix is allowed by the design.
     const position = counter ? Number(states[counter.name].data[0]) : rows;
-    const cache = new KVCache(buffers, Math.max(64, position * 2));
+    const cache = new KVCache(buffers, slack ? position + slack : Math.max(64, position * 2), slack);
     for (const b of buffers) {
       const src = states[b.state];
       const [, heads, kvLen, d] = src.dims;
@@ -64,7 +70,7 @@ export class KVCache {
   }
 
   clone() {
-    const copy = new KVCache(this.specs, this.capacity);
+    const copy = new KVCache(this.specs, this.capacity, this.slack);
     for (const b of this.specs) copy.arrays[b.name].set(this.arrays[b.name]);
     copy.position = this.position;
     return copy;
@@ -97,6 +103,7 @@ export class KVCache {
 
   _grow(needed) {
     let capacity = this.capacity;
+    if (this.slack) capacity = needed + this.slack;
     while (capacity < needed) capacity *= 2;
     for (const b of this.specs) {
       const [, heads, , d] = b.shape;

@@ -7,6 +7,7 @@
 // (ONNX Runtime threads of the engine worker, default 1), dthreads (of the decoder worker,
 // default 1), pipeline=0 (one worker), device=webgpu,
 // fastkv=0 (the contract graph flow_lm_main even when the bundle has flow_lm_step),
+// kvslack=N (spare rows when the fast-KV buffers grow; 0 doubles them),
 // frames=N (fixed length: maxFrames and no EOS, for benchmarks).
 
 import { encodeWav, parseWav } from "./audio.js";
@@ -20,6 +21,7 @@ const options = {
   device: query.get("device") ?? "wasm",
   frames: query.has("frames") ? Number(query.get("frames")) : null,
   fastKv: query.get("fastkv") !== "0",
+  kvSlack: query.has("kvslack") ? Number(query.get("kvslack")) : undefined,
 };
 // WebGPU needs ONNX Runtime's WebGPU build: separate worker bundles (see build.mjs).
 const gpu = options.device === "webgpu";
@@ -96,6 +98,7 @@ function load() {
     threads: options.threads,
     device: options.device,
     fastKv: options.fastKv,
+    kvSlack: options.kvSlack,
   };
   loadsPending = decoderWorker ? 2 : 1;
   decoderDevices = {};

@@ -4,8 +4,9 @@
 // Per text chunk: copy of the voice state, text_conditioner -> flow_lm_main with an empty
 // sequence, then the autoregressive loop from a NaN BOS latent with no text, the EOS rule,
 // noise with temperature, the flow head's solver steps, and streaming Mimi decoding with a
-// fresh decoder state and a 5 ms fade-in per chunk. States loop back by the names the
-// manifest gives, never by position.
+// fresh decoder state and the manifest's fade-in per chunk. States loop back by the names the
+// manifest gives, never by position. With the bundle's flow_lm_step graph the flow LM keeps
+// its K/V cache in preallocated buffers (kv-cache.js) instead of passing it whole each step.
 
 import * as ort from "onnxruntime-web/wasm";
 
@@ -19,7 +20,7 @@ import {
   zeroStates,
 } from "./bundle.js";
 import { Decoder, maxDecodeFrames } from "./decoder.js";
-import { KVCache } from "./kv-cache.js";
+import { KV_SLACK, KVCache } from "./kv-cache.js";
 import { readNpz } from "./npz.js";
 import { createRng } from "./rng.js";
 import { drawNoise, solveFlow } from "./sampling.js";
@@ -38,12 +39,13 @@ export class PocketTTS {
    * onProgress(message), graphs (the graphs to create sessions for, default all: a decoder
    * worker loads only mimi_decoder), device ("wasm", or "webgpu" falling back to wasm),
    * fastKv (default true: use the bundle's flow_lm_step graph when it has one for this
-   * precision; false keeps the contract graph flow_lm_main).
+   * precision; false keeps the contract graph flow_lm_main), kvSlack (spare K/V rows when the
+   * fast-KV buffers grow, default 32; 0 doubles them).
    */
   static async load(
     url,
     { precision = "int8", verifyChecksums = true, onProgress = () => {}, graphs = GRAPH_NAMES,
-      device = "wasm", fastKv = true } = {},
+      device = "wasm", fastKv = true, kvSlack = KV_SLACK } = {},
   ) {
     if (!["int8", "fp32"].includes(precision)) {
       throw new InvalidInputError(`precision must be int8 or fp32, got ${JSON.stringify(precision)}`);
@@ -77,6 +79,7 @@ export class PocketTTS {
     }
     const tts = new PocketTTS(manifest, sessions, tokenizer, precision);
     tts._base = base;
+    tts.kvSlack = kvSlack;
     tts._verify = verifyChecksums;
     return tts;
   }
@@ -115,6 +118,7 @@ export class PocketTTS {
     /** True when the flow LM runs on flow_lm_step (new K/V rows only) instead of the
      * contract graph flow_lm_main (whole cache in and out every step). */
     this.fastKv = "flow_lm_step" in sessions;
+    this.kvSlack = KV_SLACK;
   }
 
   /** Names of the bundle's predefined voices (manifest.voices). */
@@ -209,6 +213,9 @@ export class PocketTTS {
           `voice state ${spec.name} has shape [${got.shape}] ${got.dtype}, this model expects ` +
             `[${spec.shape}] ${spec.dtype}: the voice was made for a different model`,
         );
+      }
+      if (got.dtype === "float32" && !got.data.every(Number.isFinite)) {
+        throw new VoiceError(`voice state ${spec.name} holds NaN or Inf: the voice file is broken`);
       }
       states[spec.name] = new ort.Tensor(got.dtype, got.data, got.shape);
     }
@@ -386,7 +393,7 @@ export class PocketTTS {
   _begin(states) {
     if (!this.fastKv) return { states };
     return KVCache.fromStates(this._specs.flow_lm_step.buffers, this._specs.flow_lm_main.states,
-      states);
+      states, this.kvSlack);
   }
 
   _statesOf(lm) {

@@ -126,16 +126,26 @@ function cutPoints(ids, marks, tokenizer = null, keepDecimals = false) {
   return cuts;
 }
 
+// Decoding only a window of tokens around the boundary (widened until it holds a few
+// characters) keeps splitting linear in the text, as the Python splitter does.
+const WINDOW_CHARS = 8;
+
+function decodeWindow(ids, pos, tokenizer, backwards) {
+  for (let w = WINDOW_CHARS; ; w *= 2) {
+    const lo = backwards ? Math.max(0, pos - w) : pos;
+    const hi = backwards ? pos : Math.min(ids.length, pos + w);
+    const text = codePoints(tokenizer.decode(ids.slice(lo, hi)));
+    if ((backwards ? lo === 0 : hi === ids.length) || text.length >= WINDOW_CHARS) return text;
+  }
+}
+
 function continuesDecimal(ids, pos, tokenizer) {
-  const before = codePoints(tokenizer.decode(ids.slice(0, pos)));
-  const after = codePoints(tokenizer.decode(ids.slice(pos)));
-  return (
-    before.length >= 2 &&
-    before.at(-1) === "." &&
-    PY_DIGIT.test(before.at(-2)) &&
-    after.length > 0 &&
-    PY_DIGIT.test(after[0])
-  );
+  const before = decodeWindow(ids, pos, tokenizer, true);
+  if (!(before.length >= 2 && before.at(-1) === "." && PY_DIGIT.test(before.at(-2)))) {
+    return false;
+  }
+  const after = decodeWindow(ids, pos, tokenizer, false);
+  return after.length > 0 && PY_DIGIT.test(after[0]);
 }
 
 function decodePieces(ids, cuts, tokenizer) {

@@ -31,7 +31,7 @@ function voiceInfo(name, kind, ms = null) {
 }
 
 const handlers = {
-  async load({ url, precision, threads = 1, device = "wasm", fastKv = true }) {
+  async load({ url, precision, threads = 1, device = "wasm", fastKv = true, kvSlack }) {
     tts = null;
     voice = null;
     ort.env.wasm.numThreads = threads;
@@ -41,6 +41,7 @@ const handlers = {
       precision,
       device,
       fastKv,
+      kvSlack,
       graphs,
       onProgress: (message) => postMessage({ type: "progress", message }),
     });

@@ -7,30 +7,12 @@
 // (page open to "ready"), one warm-up synthesis, then `runs` syntheses of `frames` latents
 // (EOS off), each with x realtime, first-chunk latency and the time spent per graph.
 
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { readFileSync } from "node:fs";
+import { launchChromium } from "./browser.mjs";
 
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const results = { configs: {}, console: [] };
-const profile = mkdtempSync(join(tmpdir(), "pocket-tts-bench-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: plan.chromium ?? "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    // WebGPU (plan.webgpu) runs on SwiftShader, Chromium's CPU Vulkan: no GPU here.
-    ...(plan.webgpu ? ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"] : ["--disable-gpu"]),
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--mute-audio",
-  ],
-});
+const { context, close } = await launchChromium({ executablePath: plan.chromium, webgpu: plan.webgpu });
 
 try {
   for (const { name, query, url = plan.url } of plan.configs) {
@@ -68,7 +50,6 @@ try {
 } catch (e) {
   results.failure = String(e?.stack ?? e);
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(results));

@@ -8,30 +8,16 @@
 // engine. Also records the voice dropdown, unlabelled controls, the layout width at 390 px
 // (a phone) and what a failed load leaves on the page.
 
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const TIMEOUT = 30_000;
 const results = { console: [], runs: {} };
 
-const profile = mkdtempSync(join(tmpdir(), "pocket-tts-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: plan.chromium ?? "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--mute-audio",
-  ],
+const { context, close } = await launchChromium({
+  executablePath: plan.chromium,
   viewport: { width: 900, height: 1000 },
 });
 
@@ -151,7 +137,6 @@ try {
 } catch (e) {
   results.failure = String(e?.stack ?? e);
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(results));

@@ -5,20 +5,11 @@
 //   node web/tests/webgpu.mjs PLAN.json    PLAN: {url, precision, text, out}
 // Prints {devices, error, samples, stats}.
 
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { readFileSync, writeFileSync } from "node:fs";
+import { launchChromium } from "./browser.mjs";
 
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const profile = mkdtempSync(join(tmpdir(), "pocket-tts-webgpu-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: plan.chromium ?? "/usr/bin/chromium",
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader",
-    "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--mute-audio"],
-});
+const { context, close } = await launchChromium({ executablePath: plan.chromium, webgpu: true });
 const result = {};
 try {
   const page = context.pages()[0] ?? (await context.newPage());
@@ -46,7 +37,6 @@ try {
 } catch (e) {
   result.failure = String(e?.stack ?? e);
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 console.log(JSON.stringify(result));

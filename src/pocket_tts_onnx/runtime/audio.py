@@ -85,6 +85,11 @@ def _to_mono(audio: object) -> np.ndarray:
     return arr[0] if channels == 1 else arr.mean(axis=0, dtype=np.float32)
 
 
+# Largest gcd-reduced resampling factor run through upstream's polyphase filter (44.1 kHz ->
+# 24 kHz is 80/147); beyond it the filter's taps, memory and time grow with the factor.
+MAX_POLYPHASE_FACTOR = 4096
+
+
 def prepare_voice_audio(
     audio: np.ndarray,
     sample_rate: int,
@@ -131,7 +136,14 @@ def prepare_voice_audio(
         # no resampling.
         from scipy.signal import resample_poly
 
-        mono = resample_poly(mono, dst_rate // g, src_rate // g).astype(np.float32, copy=False)
+        up, down = dst_rate // g, src_rate // g
+        if max(up, down) <= MAX_POLYPHASE_FACTOR:  # every common rate: upstream's filter
+            mono = resample_poly(mono, up, down).astype(np.float32, copy=False)
+        else:  # an odd rate (e.g. prime): the polyphase filter would need ~20 x max(up, down)
+            from scipy.signal import resample  # taps; the FFT method needs memory O(samples)
+
+            length = max(1, round(mono.shape[0] * dst_rate / src_rate))
+            mono = resample(mono, length).astype(np.float32, copy=False)
 
     if not mono.any():
         logger.warning("voice audio%s is silent; the generated voice will be arbitrary", where)

@@ -29,9 +29,20 @@ from pocket_tts_onnx.runtime.generation import ChunkStream
 from pocket_tts_onnx.runtime.kv_buffer import KVBuffers, join_decoder_row
 from pocket_tts_onnx.runtime.streaming import AudioChunk
 
-__all__ = ["BatchScheduler", "BatchStream"]
+__all__ = ["BatchScheduler", "BatchStream", "generate_batch"]
 
 _END = object()
+# At most this many streams per scheduler (K/V buffers are allocated for all of them).
+MAX_STREAMS = 256
+# Longest text chunk (tokens) a batched stream may prompt; upstream's chunks hold <= 50.
+MAX_CHUNK_TOKENS = 1024
+
+
+def _too_slow(chunks: int) -> str:
+    return (
+        f"the stream was stopped: {chunks} audio chunks were made and not read (the reader "
+        "is not keeping up); read the stream as it is produced"
+    )
 
 
 @dataclass(eq=False)
@@ -46,6 +57,7 @@ class _Request:
     chunk: ChunkStream | None = None
     sequence: np.ndarray | None = None
     first_frame: bool = True  # owned by the decoder thread (set by its join event)
+    backlog: int = 0  # audio chunks made and not yet read
 
 
 class BatchStream(Iterator[AudioChunk]):
@@ -61,6 +73,7 @@ class BatchStream(Iterator[AudioChunk]):
         if self._done:
             raise StopIteration
         item = self._request.out.get()
+        self._request.backlog -= 1  # the decoder thread's increment races benignly (GIL)
         if item is _END:
             self._done = True
             raise StopIteration
@@ -88,16 +101,37 @@ class BatchScheduler:
     `QueueFullError`). Needs a bundle exported with the batched graph variants.
     """
 
-    def __init__(self, tts, max_streams: int = 8, max_queue: int = 32):
+    def __init__(
+        self,
+        tts,
+        max_streams: int = 8,
+        max_queue: int = 32,
+        *,
+        max_buffered_seconds: float = 600.0,
+        max_chunk_tokens: int = MAX_CHUNK_TOKENS,
+    ):
         for name in ("flow_lm_step", "mimi_decoder_batched"):
             if name not in tts.graphs:
                 raise PocketTTSOnnxError(
                     f"this bundle has no {name} graph: re-export it with this version to "
                     "serve batched streams"
                 )
-        for label, value in (("max_streams", max_streams), ("max_queue", max_queue)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidInputError(f"{label} must be an integer >= 1, got {value!r}")
+        limits = (
+            ("max_streams", max_streams, 1, MAX_STREAMS),
+            ("max_queue", max_queue, 0, 1 << 20),
+            ("max_chunk_tokens", max_chunk_tokens, 1, 1 << 20),
+        )
+        for label, value, least, most in limits:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if not ok or not least <= value <= most:
+                raise InvalidInputError(
+                    f"{label} must be an integer from {least} to {most}, got {value!r}"
+                )
+        if not (isinstance(max_buffered_seconds, (int, float)) and max_buffered_seconds > 0):
+            raise InvalidInputError(
+                f"max_buffered_seconds must be > 0, got {max_buffered_seconds!r}"
+            )
+        self.max_chunk_tokens = max_chunk_tokens
         self._tts = tts
         self.max_streams, self.max_queue = max_streams, max_queue
         manifest = tts.manifest
@@ -105,14 +139,20 @@ class BatchScheduler:
         self._conditioner = tts.graphs["text_conditioner"]
         self._sampler = tts.sampler
         self._main_spec = tts.graphs["flow_lm_main"].spec
-        self._buffers = KVBuffers(self._step.spec, rows=max_streams, capacity=256)
+        try:
+            self._buffers = KVBuffers(self._step.spec, rows=max_streams, capacity=256)
+        except MemoryError as e:
+            raise InvalidInputError(
+                f"max_streams={max_streams}: not enough memory for that many streams' K/V "
+                "buffers; use fewer"
+            ) from e
         self._latent_dim, self._d_model = manifest.latent_dim, manifest.d_model
         self._waiting: collections.deque[_Request] = collections.deque()
         self._active: list[_Request] = []
         self._lock = threading.Condition()
         self._closed = False
         self._failure: BaseException | None = None
-        self._decoder = _DecoderThread(tts)
+        self._decoder = _DecoderThread(tts, int(max_buffered_seconds * manifest.frame_rate))
         self._thread = threading.Thread(target=self._run, name="pocket-tts-batch", daemon=True)
         self._thread.start()
 
@@ -126,6 +166,15 @@ class BatchScheduler:
         if filled is None:
             filled = next(iter(start.values())).shape[2] if start else 0
         chunks = collections.deque(tts.text_chunks(text))
+        longest = max(len(c.token_ids) for c in chunks)
+        if longest > self.max_chunk_tokens:
+            # One prompt this long (a single word of thousands of letters: the chunker cannot
+            # split it) would hold every other stream of the batch for seconds.
+            raise InvalidInputError(
+                f"text: one chunk has {longest} tokens (max_chunk_tokens "
+                f"{self.max_chunk_tokens}); a word this long cannot be split into sentences. "
+                "Add spaces or punctuation, or synthesize it with PocketTTSOnnx.generate"
+            )
         request = _Request(chunks, start, filled, config, np.random.default_rng(config.seed))
         with self._lock:
             if self._closed:
@@ -279,10 +328,30 @@ class BatchScheduler:
             self._decoder.decode(batch, list(self._active))
 
 
+def generate_batch(tts, texts, voice, max_streams: int, **params) -> list[np.ndarray]:
+    """`PocketTTSOnnx.generate_batch`: every text through one scheduler, whole audio each."""
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise InvalidInputError("texts must be a list of strings (one per audio)")
+    voices = list(voice) if isinstance(voice, (list, tuple)) else [voice] * len(texts)
+    if len(voices) != len(texts):
+        raise InvalidInputError(
+            f"voice: {len(voices)} voices for {len(texts)} texts; give one, or one per text"
+        )
+    if not texts:
+        return []
+    limit = min(max_streams, len(texts)) if isinstance(max_streams, int) else max_streams
+    with BatchScheduler(tts, max_streams=limit, max_queue=len(texts)) as scheduler:
+        streams = [scheduler.submit(t, v, **params) for t, v in zip(texts, voices, strict=True)]
+        return [
+            np.concatenate([c.samples for c in s] or [np.zeros(0, np.float32)]) for s in streams
+        ]
+
+
 class _DecoderThread:
     """Owns the batched Mimi state; applies row changes and decodes in event order."""
 
-    def __init__(self, tts):
+    def __init__(self, tts, max_backlog: int):
+        self._max_backlog = max_backlog
         self._graph = tts.graphs["mimi_decoder_batched"]
         self._sample_rate = tts.sample_rate
         self._ramp = tts.fade_in_ramp()
@@ -341,11 +410,16 @@ class _DecoderThread:
                         request.out.put(e)
                     continue
                 for i, request in enumerate(requests):
-                    audio = out["audio_frame"][i, 0]
+                    audio = out["audio_frame"][i, 0].copy()  # a view would pin the whole batch
                     if request.first_frame:
-                        audio = audio.copy()
                         n = min(self._ramp.shape[0], audio.shape[0])
                         audio[:n] *= self._ramp[:n]
                         request.first_frame = False
-                    if not request.cancelled.is_set():
-                        request.out.put(AudioChunk(audio, self._sample_rate))
+                    if request.cancelled.is_set():
+                        continue
+                    request.backlog += 1
+                    if request.backlog > self._max_backlog:  # the reader stopped reading
+                        request.cancelled.set()
+                        request.out.put(QueueFullError(_too_slow(self._max_backlog)))
+                        continue
+                    request.out.put(AudioChunk(audio, self._sample_rate))

@@ -27,7 +27,11 @@ from pocket_tts_onnx.runtime.decoder import MAX_DECODE_FRAMES, ChunkDecoder, fad
 from pocket_tts_onnx.runtime.generation import LatentGenerator
 from pocket_tts_onnx.runtime.graph import GraphSet, StatefulGraph
 from pocket_tts_onnx.runtime.sampling import FlowSampler
-from pocket_tts_onnx.runtime.sessions import default_session_options, open_bundle_graph
+from pocket_tts_onnx.runtime.sessions import (
+    default_session_options,
+    open_bundle_graph,
+    verify_bundle_graph,
+)
 from pocket_tts_onnx.runtime.streaming import AudioChunk, stream_audio
 from pocket_tts_onnx.runtime.tokenizer import Tokenizer, load_tokenizer
 from pocket_tts_onnx.runtime.voice_file import (
@@ -131,17 +135,23 @@ class PocketTTSOnnx:
         bundle = Path(bundle)
         manifest = Manifest.load(bundle)
 
+        eager = [
+            name
+            for name in GRAPH_NAMES
+            if not (name == "flow_lm_main" and FAST_KV in manifest.graphs)
+        ]
+        if verify_checksums:  # graphs opened on first use are checked now, not then
+            for name in manifest.graphs:
+                if name not in eager:
+                    verify_bundle_graph(bundle, manifest, name, precision)
+
         def open_graph(name: str) -> ort.InferenceSession:
             return open_bundle_graph(
-                bundle, manifest, name, precision, verify_checksums,
+                bundle, manifest, name, precision, verify_checksums and name in eager,
                 session_options, threads, providers,
             )  # fmt: skip
 
-        sessions = {
-            name: open_graph(name)
-            for name in GRAPH_NAMES
-            if not (name == "flow_lm_main" and FAST_KV in manifest.graphs)
-        }
+        sessions = {name: open_graph(name) for name in eager}
         tokenizer_path = resolve_in_bundle(bundle, manifest.tokenizer.file)
         tok = manifest.tokenizer  # sha256 and vocabulary size: a swapped tokenizer is refused
         tokenizer = load_tokenizer(
@@ -377,34 +387,16 @@ class PocketTTSOnnx:
         )
 
     def generate_batch(
-        self,
-        texts: list[str],
-        voice: VoiceArg | list[VoiceArg] = None,
-        *,
-        max_streams: int = 8,
-        **params,
-    ) -> list[np.ndarray]:
+        self, texts: list[str], voice: VoiceArg | list[VoiceArg] = None, *,
+        max_streams: int = 8, **params,
+    ) -> list[np.ndarray]:  # fmt: skip
         """Synthesize several texts with shared model calls (continuous batching, at most
         `max_streams` at once); `voice` is one voice for all or one per text, `params` as in
         `generate`. Each result equals `generate(text, voice, **params)` within float
         rounding. Needs a bundle exported with the batched graph variants."""
-        from pocket_tts_onnx.runtime.batching import BatchScheduler
+        from pocket_tts_onnx.runtime.batching import generate_batch
 
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise InvalidInputError("texts must be a list of strings (one per audio)")
-        voices = list(voice) if isinstance(voice, (list, tuple)) else [voice] * len(texts)
-        if len(voices) != len(texts):
-            raise InvalidInputError(
-                f"voice: {len(voices)} voices for {len(texts)} texts; give one, or one per text"
-            )
-        if not texts:
-            return []
-        limit = min(max_streams, len(texts)) if isinstance(max_streams, int) else max_streams
-        with BatchScheduler(self, max_streams=limit, max_queue=len(texts)) as scheduler:
-            streams = [scheduler.submit(t, v, **params) for t, v in zip(texts, voices, strict=True)]
-            return [
-                np.concatenate([c.samples for c in s] or [np.zeros(0, np.float32)]) for s in streams
-            ]
+        return generate_batch(self, texts, voice, max_streams, **params)
 
     def _config(self, config: GenerationConfig | None, **overrides) -> GenerationConfig:
         if config is None:

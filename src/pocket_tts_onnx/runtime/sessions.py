@@ -25,6 +25,15 @@ def open_bundle_graph(
     providers: list | None = None,
 ) -> ort.InferenceSession:
     """Graph `name` at `precision` from the bundle, refusing a missing or altered file."""
+    path = verify_bundle_graph(bundle, manifest, name, precision, verify_checksums)
+    return open_session(path, options, threads, providers)
+
+
+def verify_bundle_graph(
+    bundle: Path, manifest: Manifest, name: str, precision: str, digest: bool = True
+) -> Path:
+    """The path of graph `name` at `precision`, checked present and (with `digest`) equal to
+    the manifest's sha256."""
     entry = manifest.graphs[name]
     if precision not in entry.files:
         raise BundleError(
@@ -34,12 +43,12 @@ def open_bundle_graph(
     path = resolve_in_bundle(bundle, entry.files[precision])
     if not path.is_file():
         raise BundleError(f"{path} is missing from the bundle; re-export it")
-    if verify_checksums and file_sha256(path) != entry.digest(entry.files[precision]):
+    if digest and file_sha256(path) != entry.digest(entry.files[precision]):
         raise BundleError(
             f"{path} does not match the sha256 in manifest.json: the file is corrupted "
             "or was replaced; re-export or re-download the bundle"
         )
-    return open_session(path, options, threads, providers)
+    return path
 
 
 def default_session_options(threads: int | None = None) -> ort.SessionOptions:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pocket_tts_onnx.errors import InvalidInputError
+from pocket_tts_onnx.runtime.batching import MAX_STREAMS
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"--{name.replace('_', '-')} must be >= 1, got {value!r}")
+        if self.max_streams > MAX_STREAMS:  # each stream has K/V buffers allocated up front
+            raise InvalidInputError(
+                f"--max-streams must be at most {MAX_STREAMS}, got {self.max_streams}; run "
+                "more replicas for more streams"
+            )
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise InvalidInputError(f"--max-queue must be >= 0, got {self.max_queue!r}")
         if self.voices_dir is not None and not Path(self.voices_dir).is_dir():

@@ -26,7 +26,7 @@ from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError, QueueF
 from pocket_tts_onnx.runtime.buffered_generation import prompt_rows, run_step
 from pocket_tts_onnx.runtime.config import GenerationConfig
 from pocket_tts_onnx.runtime.generation import ChunkStream
-from pocket_tts_onnx.runtime.kv_buffer import KVBuffers, join_decoder_row
+from pocket_tts_onnx.runtime.kv_buffer import KVBuffers, filled_positions, join_decoder_row
 from pocket_tts_onnx.runtime.streaming import AudioChunk
 
 __all__ = ["BatchScheduler", "BatchStream", "generate_batch"]
@@ -138,7 +138,7 @@ class BatchScheduler:
         self._step = tts.graphs["flow_lm_step"]
         self._conditioner = tts.graphs["text_conditioner"]
         self._sampler = tts.sampler
-        self._main_spec = tts.graphs["flow_lm_main"].spec
+        self._main_spec = manifest.graphs["flow_lm_main"].spec  # the spec: no session needed
         try:
             self._buffers = KVBuffers(self._step.spec, rows=max_streams, capacity=256)
         except MemoryError as e:
@@ -162,9 +162,7 @@ class BatchScheduler:
         tts = self._tts
         config = tts.generation_config(**params)
         start = tts.start_state(voice)
-        filled = self._main_spec.counter_value(start)
-        if filled is None:
-            filled = next(iter(start.values())).shape[2] if start else 0
+        filled = filled_positions(self._main_spec, start)
         chunks = collections.deque(tts.text_chunks(text))
         longest = max(len(c.token_ids) for c in chunks)
         if longest > self.max_chunk_tokens:

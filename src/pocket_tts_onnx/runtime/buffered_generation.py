@@ -16,7 +16,7 @@ import numpy as np
 
 from pocket_tts_onnx.runtime import generation
 from pocket_tts_onnx.runtime.generation import LatentGenerator
-from pocket_tts_onnx.runtime.kv_buffer import KVBuffers, states_from_buffers
+from pocket_tts_onnx.runtime.kv_buffer import KVBuffers, filled_positions, states_from_buffers
 
 __all__ = ["BufferedLatentGenerator", "prompt_rows", "run_step"]
 
@@ -56,9 +56,7 @@ class BufferedLatentGenerator(LatentGenerator):
     def _buffers(self, states, extra: int) -> KVBuffers:
         if isinstance(states, KVBuffers):
             return states
-        filled = self.main_spec.counter_value(states)
-        if filled is None:
-            filled = states[self.flow_lm.spec.buffers[0].state].shape[2]
+        filled = filled_positions(self.main_spec, states)
         # Room for the prompt and a typical chunk's frames; grows by doubling past that.
         buffers = KVBuffers(self.flow_lm.spec, rows=1, capacity=filled + extra + 256)
         buffers.load(0, states, filled)

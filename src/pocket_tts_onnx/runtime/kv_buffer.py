@@ -114,6 +114,16 @@ def drop_decoder_row(spec: GraphSpec, states: dict[str, np.ndarray], row: int):
     return {s.name: np.delete(states[s.name], row, axis=0) for s in spec.states}
 
 
+def filled_positions(main_spec: GraphSpec, states: dict[str, np.ndarray]) -> int:
+    """Real positions held by flow_lm_main `states`: the counter, or (a state list without
+    one) the K/V length."""
+    counter = main_spec.counter_value(states)
+    if counter is not None:
+        return counter
+    kv = next((s.name for s in main_spec.states if s.upstream_key.startswith("cache.")), None)
+    return int(states[kv].shape[2]) if kv is not None else 0
+
+
 def states_from_buffers(buffers: KVBuffers, row: int, main_spec: GraphSpec) -> dict:
     """flow_lm_main states (a voice) holding `row`'s positions: the inverse of `load`."""
     filled = int(buffers.positions[row])

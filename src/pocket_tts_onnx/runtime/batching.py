@@ -57,7 +57,6 @@ class _Request:
     chunk: ChunkStream | None = None
     sequence: np.ndarray | None = None
     first_frame: bool = True  # owned by the decoder thread (set by its join event)
-    backlog: int = 0  # audio chunks made and not yet read
 
 
 class BatchStream(Iterator[AudioChunk]):
@@ -73,7 +72,6 @@ class BatchStream(Iterator[AudioChunk]):
         if self._done:
             raise StopIteration
         item = self._request.out.get()
-        self._request.backlog -= 1  # the decoder thread's increment races benignly (GIL)
         if item is _END:
             self._done = True
             raise StopIteration
@@ -415,8 +413,7 @@ class _DecoderThread:
                         request.first_frame = False
                     if request.cancelled.is_set():
                         continue
-                    request.backlog += 1
-                    if request.backlog > self._max_backlog:  # the reader stopped reading
+                    if request.out.qsize() >= self._max_backlog:  # the reader stopped reading
                         request.cancelled.set()
                         request.out.put(QueueFullError(_too_slow(self._max_backlog)))
                         continue

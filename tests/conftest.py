@@ -29,6 +29,17 @@ logging.getLogger("pocket_tts").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", category=UserWarning)
 
 
+# Prepended to a subprocess script: any import of torch or pocket_tts then fails, which is how
+# tests prove a code path (runtime, CLI messages) needs neither.
+BLOCK_TORCH = """import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "pocket_tts"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
 def family_config(family: str) -> dict:
     data = yaml.safe_load(DEMO_CONFIG.read_text())
     data["flow_lm"]["lookup_table"]["tokenizer_path"] = str(DEMO_DIR / "tokenizer.model")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BLOCK_TORCH
 
 from pocket_tts_onnx.cli import build_parser, main
 from pocket_tts_onnx.errors import InvalidInputError
@@ -114,16 +115,13 @@ def test_say_with_seed_is_bit_reproducible(demo_bundle, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", [["export", "--demo"], ["bench", "--demo"]])
 def test_export_and_bench_without_torch(tmp_path, command):
-    script = f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "pocket_tts"):
-            raise ImportError("blocked " + name)
-sys.meta_path.insert(0, Block())
+    script = (
+        BLOCK_TORCH
+        + f"""
 from pocket_tts_onnx.cli import main
 sys.exit(main({command!r} + ["--output", {str(tmp_path / "o")!r}]))
 """
+    )
     if command[0] == "bench":
         script = script.replace('+ ["--output", ' + repr(str(tmp_path / "o")) + "]", "")
     result = subprocess.run(

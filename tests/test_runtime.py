@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import FAMILIES
+from conftest import BLOCK_TORCH, FAMILIES
 
 import pocket_tts_onnx
 from pocket_tts_onnx import (
@@ -202,13 +202,9 @@ def test_truncated_noise_matches_upstream_distribution(temperature, clamp):
 def test_runtime_never_imports_torch(lsd_bundle, voice_audio, tmp_path):
     wav = tmp_path / "ref.wav"
     sf.write(wav, voice_audio, 24000)
-    script = f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "pocket_tts"):
-            raise ImportError("blocked " + name)
-sys.meta_path.insert(0, Block())
+    script = (
+        BLOCK_TORCH
+        + f"""
 from pocket_tts_onnx import PocketTTSOnnx
 tts = PocketTTSOnnx.load({str(lsd_bundle.bundle)!r}, precision="int8", threads=1)
 voice = tts.voice_from_audio({str(wav)!r})
@@ -223,6 +219,7 @@ assert audio.size > 0 and chunks
 assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "pocket_tts")]
 print("ok")
 """
+    )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )

@@ -83,7 +83,7 @@ def test_default_voice_needs_the_bundle_folder(voiced_bundle):
     bundle, _ = voiced_bundle
     loaded = PocketTTSOnnx.load(bundle, precision="fp32")
     sessions = {n: loaded.graphs[n].session for n in ("text_conditioner", "mimi_encoder",
-                "flow_lm_main", "flow_lm_flow", "mimi_decoder")}  # fmt: skip
+                "flow_lm_step", "flow_lm_flow", "mimi_decoder_batched")}  # fmt: skip
     bare = PocketTTSOnnx.from_sessions(loaded.manifest, sessions, loaded.tokenizer)
     with pytest.raises(VoiceError, match="bundle="):
         bare.generate(TEXT)

@@ -40,8 +40,13 @@ def running(app):
 
 
 class _ExplodingScheduler:
+    alive = True
+
     def submit(self, *args, **kwargs):
         raise RuntimeError("boom: a bug in the scheduler")
+
+    def stats(self):
+        return {}
 
     def close(self):
         pass
@@ -50,7 +55,7 @@ class _ExplodingScheduler:
 def test_server_errors_are_logged_with_the_request_id(serve_bundle, tts, caplog):
     from pocket_tts_onnx.serve.app import create_app
 
-    app = create_app(tts, serve_bundle, scheduler=_ExplodingScheduler(), scheduler_kind="test")
+    app = create_app(tts, serve_bundle, scheduler=_ExplodingScheduler())
     with running(app) as port:
         with caplog.at_level("ERROR", logger="pocket_tts_onnx.serve"):
             reply = client.post_json(
@@ -70,7 +75,7 @@ def test_web_page_served_with_its_bundle(serve_bundle, tts, tmp_path):
     from pocket_tts_onnx.serve.limits import ServeConfig
 
     (tmp_path / "index.html").write_text("<!doctype html><title>demo</title>")
-    app = create_app(tts, serve_bundle, ServeConfig(web_dist=tmp_path), scheduler_kind="threads")
+    app = create_app(tts, serve_bundle, ServeConfig(web_dist=tmp_path))
     with running(app) as port:
         page = client.request(port, "GET", "/")
         assert page.status == 200 and b"demo" in page.body

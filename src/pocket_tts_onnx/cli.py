@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocket_tts_onnx.cli_options import add_generation_arguments, generation_overrides
 from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError
 
 
@@ -83,23 +84,7 @@ def _say_parser(sub) -> None:
     p.add_argument(
         "--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's)"
     )
-    p.add_argument(
-        "--temperature", type=float, help="sampling temperature (default: the bundle manifest's)"
-    )
-    p.add_argument(
-        "--lsd-steps", type=int, help="flow-head decode steps (default: the bundle manifest's)"
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        help="random seed; with it the audio is bit-reproducible (generated in one pass, not "
-        "streamed) (default: none, a fresh draw per run)",
-    )
-    p.add_argument(
-        "--max-frames",
-        type=int,
-        help="latents per chunk (default: upstream's estimate from the text length)",
-    )
+    add_generation_arguments(p)
 
 
 def _voice_parser(sub) -> None:
@@ -294,33 +279,21 @@ def run_say(args) -> None:
             voice = tts.voice_from_audio(args.voice)
         else:  # a name from the bundle (`pocket-tts-onnx voices`); unknown names list them
             voice = str(args.voice)
-    options = dict(
-        temperature=args.temperature,
-        lsd_steps=args.lsd_steps,
-        seed=args.seed,
-        max_frames=args.max_frames,
-    )
+    config = tts.generation_config(**generation_overrides(args))
     start = time.perf_counter()
     first = None
-    if args.seed is not None:
-        # Streaming decodes whatever latents are ready, so its Mimi call sizes (and the last
-        # float bits) depend on timing; one pass makes `--seed` bit-reproducible.
-        audio = tts.generate(text, voice, **options)
-    else:
-        pieces = []
-        for chunk in tts.stream(text, voice, **options):
-            first = first if first is not None else time.perf_counter() - start
-            pieces.append(chunk.samples)
-        audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    pieces = []
+    for chunk in tts.stream(text, voice, config=config):
+        first = first if first is not None else time.perf_counter() - start
+        pieces.append(chunk.samples)
+    audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     elapsed = time.perf_counter() - start
     _write(args.out, lambda: write_wav(args.out, audio, tts.sample_rate))
     duration = audio.shape[0] / tts.sample_rate
-    latency = (
-        f"first audio after {1000 * first:.0f} ms" if first is not None else "one pass: --seed"
-    )
+    latency = f", first audio after {1000 * first:.0f} ms" if first is not None else ""
     print(
         f"wrote {args.out}: {duration:.2f} s of audio in {elapsed:.2f} s "
-        f"({duration / max(elapsed, 1e-9):.1f}x realtime, {latency})"
+        f"({duration / max(elapsed, 1e-9):.1f}x realtime{latency})"
     )
     if tts.manifest.random_weights:
         print("NOTE: random-weight bundle - the audio is noise, not speech.")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import anyio
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from pocket_tts_onnx.serve.encoding import supported_formats
@@ -25,7 +25,7 @@ from pocket_tts_onnx.serve.plumbing import (
     RequestContextMiddleware,
     install_error_handlers,
 )
-from pocket_tts_onnx.serve.scheduler import make_scheduler, scheduler_stats
+from pocket_tts_onnx.serve.scheduler import make_scheduler
 from pocket_tts_onnx.serve.speech import router as speech_router
 from pocket_tts_onnx.serve.voices import VoiceStore
 
@@ -37,9 +37,9 @@ REPO_WEB_DIST = Path(__file__).resolve().parents[3] / "web" / "dist"
 class ServeState:
     """Everything the endpoints share. Holds no per-request state between requests."""
 
-    def __init__(self, tts, bundle: Path, config: ServeConfig, scheduler, scheduler_kind: str):
+    def __init__(self, tts, bundle: Path, config: ServeConfig, scheduler):
         self.tts, self.bundle, self.config = tts, Path(bundle), config
-        self.scheduler, self.scheduler_kind = scheduler, scheduler_kind
+        self.scheduler = scheduler
         self.sample_rate = tts.sample_rate
         self.formats = supported_formats(self.sample_rate)
         self.voices = VoiceStore(tts, bundle, config.voices_dir, config.voice_cache_size)
@@ -62,15 +62,13 @@ def create_app(
     bundle: Path,
     config: ServeConfig | None = None,
     scheduler=None,
-    scheduler_kind: str = "auto",
 ) -> FastAPI:
-    """An app serving one loaded engine. `scheduler` overrides the automatic choice."""
+    """An app serving one loaded engine. `scheduler` replaces the engine's batch scheduler
+    (tests)."""
     config = config or ServeConfig()
     if scheduler is None:
-        scheduler, scheduler_kind = make_scheduler(
-            tts, config.max_streams, config.max_queue, scheduler_kind
-        )
-    state = ServeState(tts, bundle, config, scheduler, scheduler_kind)
+        scheduler = make_scheduler(tts, config)
+    state = ServeState(tts, bundle, config, scheduler)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -86,12 +84,17 @@ def create_app(
     @app.get("/health")
     async def health():
         manifest = tts.manifest
-        return {
-            "status": "ok",
+        alive = state.scheduler.alive
+        if not alive:  # say so (load balancers take the replica out), then start a new one
+            current = getattr(state.scheduler, "current", None)
+            if current is not None:
+                current()
+        body = {
+            "status": "ok" if alive else "scheduler stopped (restarting)",
             # HTTP side: responses streaming, requests waiting for their first audio.
             "streams": {"active": state.active, "pending": state.pending},
             # Generation side, as the scheduler reports it (active rows, waiting requests).
-            "scheduler": {"kind": state.scheduler_kind, **scheduler_stats(state.scheduler)},
+            "scheduler": state.scheduler.stats(),
             "voice_cache": {
                 "size": len(state.voices.cache),
                 "hits": state.voices.cache.hits,
@@ -105,6 +108,7 @@ def create_app(
             },
             "uptime_s": round(time.time() - state.started, 1),
         }
+        return body if alive else JSONResponse(body, status_code=503)
 
     @app.get("/v1/voices")
     async def voices():

@@ -30,13 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threads", type=int, help="intra-op threads per ONNX session (default: the engine's)"
     )
     p.add_argument(
-        "--scheduler",
-        choices=["auto", "batched", "threads"],
-        default="auto",
-        help="batched: all streams share each model call; threads: one thread per stream; "
-        "auto: batched when the bundle has the batched graphs (default: auto)",
-    )
-    p.add_argument(
         "--voices-dir",
         type=Path,
         help="folder of precomputed <name>.npz voices (default: only the bundle's voices)",
@@ -54,7 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ("max_text_chars", "characters of text per request (413 above)"),
         ("max_upload_bytes", "voice upload size (413 above)"),
         ("voice_cache_size", "computed voices kept in the LRU cache (~18 MB each, english)"),
-        ("max_frames_limit", "largest max_frames a request may ask for"),
+        (
+            "max_kv_mb",
+            "flow-LM K/V memory for all streams together, MB (a request waits "
+            "for room; 400 if it alone needs more)",
+        ),
     ):
         default = getattr(_DEFAULTS, name)
         lim.add_argument(
@@ -92,7 +89,7 @@ def run(args) -> None:
         max_text_chars=args.max_text_chars,
         max_upload_bytes=args.max_upload_bytes,
         voice_cache_size=args.voice_cache_size,
-        max_frames_limit=args.max_frames_limit,
+        max_kv_mb=args.max_kv_mb,
         voices_dir=args.voices_dir,
         web_dist=web,
     )
@@ -100,11 +97,11 @@ def run(args) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
-    app = create_app(tts, args.bundle, config, scheduler_kind=args.scheduler)
+    app = create_app(tts, args.bundle, config)
     state = app.state.serve
     print(
-        f"serving {args.bundle} ({args.precision}, scheduler {state.scheduler_kind}, "
-        f"formats {', '.join(state.formats)}) on http://{args.host}:{args.port}/",
+        f"serving {args.bundle} ({args.precision}, formats {', '.join(state.formats)}) on "
+        f"http://{args.host}:{args.port}/",
         flush=True,
     )
     if tts.manifest.random_weights:

@@ -21,8 +21,9 @@ class ServeConfig:
     # Computed voice states kept (LRU). A 30 s prompt's state is ~18 MB for `english`
     # (6 layers x K/V x 376 positions x 1024 x 4 bytes), so 16 of them stay under 300 MB.
     voice_cache_size: int = 16
-    max_frames_limit: int = 10_000  # cap on a request's `max_frames` (800 s of audio)
-    max_lsd_steps: int = 64  # cap on a request's `lsd_steps`
+    # K/V memory of the flow LM for all streams together (rows x positions); a request that
+    # alone would need more is refused (400), one that does not fit now waits for room.
+    max_kv_mb: int = 1024
     voices_dir: Path | None = None  # folder of precomputed <name>.npz voices
     web_dist: Path | None = None  # built web demo (web/dist); None: no page at /
     retry_after_s: int = 1  # Retry-After sent with 503 when the queue is full
@@ -33,8 +34,7 @@ class ServeConfig:
             "max_text_chars",
             "max_upload_bytes",
             "voice_cache_size",
-            "max_frames_limit",
-            "max_lsd_steps",
+            "max_kv_mb",
             "retry_after_s",
         ):
             value = getattr(self, name)

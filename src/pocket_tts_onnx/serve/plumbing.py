@@ -16,7 +16,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pocket_tts_onnx.errors import InvalidInputError, QueueFullError, VoiceError
+from pocket_tts_onnx.errors import (
+    GenerationError,
+    InvalidInputError,
+    QueueFullError,
+    VoiceError,
+)
 
 logger = logging.getLogger("pocket_tts_onnx.serve")
 
@@ -68,19 +73,12 @@ def api_error_from(exc: Exception, retry_after: int) -> ApiError:
         )
     if isinstance(exc, VoiceError):
         return ApiError(400, str(exc), param="voice", code="invalid_voice")
-    if isinstance(exc, InvalidInputError):
-        return ApiError(400, str(exc), param=_param_named(str(exc)), code="invalid_value")
+    if isinstance(exc, InvalidInputError):  # `param`: the GenerationConfig field, or "text"
+        param = "input" if exc.param == "text" else exc.param
+        return ApiError(400, str(exc), param=param, code="invalid_value")
+    if isinstance(exc, GenerationError):
+        return ApiError(500, f"generation failed: {exc}", code="generation_failed")
     raise exc
-
-
-def _param_named(message: str) -> str | None:
-    """The request field an engine message is about (messages start with the parameter)."""
-    for name in ("temperature", "lsd_steps", "seed", "max_frames", "eos_threshold"):
-        if message.startswith(name):
-            return name
-    if "text" in message.lower():
-        return "input"
-    return None
 
 
 def install_error_handlers(app: FastAPI, retry_after: int) -> None:

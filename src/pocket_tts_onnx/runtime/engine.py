@@ -106,8 +106,7 @@ class PocketTTSOnnx:
                 self._sampler,
             )  # fmt: skip
         self._fade_in = fade_in_samples(manifest.sample_rate, manifest.defaults.fade_in_seconds)
-        main = manifest.graphs["flow_lm_main"]
-        self.model_id = main.digest(main.files["fp32"])
+        self.model_id = manifest.model_id
         self._voices = VoiceCatalog(
             manifest,
             Path(bundle) if bundle is not None else None,

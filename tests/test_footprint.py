@@ -139,3 +139,31 @@ def test_int8_only_bundle_refuses_fp32_clearly(int8_only):
         PocketTTSOnnx.load(bundle, precision="fp32")
     with pytest.raises(BundleError, match="INT8 graphs only"):
         PocketTTSOnnx.load(bundle, precision="fp32", verify_checksums=False)
+
+
+def test_schema_2_manifest_implies_precisions_and_model_id(lsd_bundle):
+    """Bundles exported before schema 3 load as they did: every precision their contract
+    graphs have, and the FP32 flow_lm_main digest as the model id."""
+    data = json.loads((lsd_bundle.bundle / "manifest.json").read_text())
+    main = data["graphs"]["flow_lm_main"]
+    model_id = main["sha256"][main["files"]["fp32"]]
+    data["schema_version"] = 2
+    del data["precisions"], data["model_id"]
+    for graph in data["graphs"].values():
+        del graph["external"]
+    manifest = Manifest.from_dict(data)
+    assert manifest.precisions == ("fp32", "int8") and manifest.model_id == model_id
+    for graph in data["graphs"].values():
+        graph["files"].pop("int8")
+    assert Manifest.from_dict(data).precisions == ("fp32",)
+
+
+def test_int8_only_manifest_needs_its_model_id(int8_only):
+    bundle, _ = int8_only
+    data = json.loads((bundle / "manifest.json").read_text())
+    del data["model_id"]
+    with pytest.raises(BundleError, match="model_id"):
+        Manifest.from_dict(data)
+    data["model_id"], data["precisions"] = "x", ["fp32", "int8"]  # it has no FP32 files
+    with pytest.raises(BundleError, match="has no fp32 file"):
+        Manifest.from_dict(data)

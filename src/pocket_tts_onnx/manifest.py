@@ -337,7 +337,9 @@ def _precisions_and_model_id(d: dict, graphs: dict[str, GraphEntry]) -> tuple[tu
         missing = [p for p in precisions if p not in graphs[name].files]
         if missing:
             raise ValueError(f"graph {name} has no {missing[0]} file")
-    model_id = d.get("model_id") or main.digest(main.files.get("fp32", ""))
-    if not isinstance(model_id, str):
-        raise ValueError(f"model_id must be a string, got {model_id!r}")
+    model_id = d.get("model_id")
+    if model_id is None and "fp32" in main.files:
+        model_id = main.digest(main.files["fp32"])
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError(f"model_id must be the FP32 flow_lm_main's sha256, got {model_id!r}")
     return precisions, model_id

@@ -50,6 +50,12 @@ def _export_parser(sub) -> None:
     )
     p.add_argument("--quantize", action="store_true", help="also write INT8 graphs (default: off)")
     p.add_argument(
+        "--precision",
+        choices=["fp32", "int8", "fp32+int8"],
+        help="graphs to ship; int8 writes an INT8-only bundle, FP32 still exported and "
+        "verified, then left out (default: fp32, fp32+int8 with --quantize)",
+    )
+    p.add_argument(
         "--no-verify", action="store_true", help="skip the parity check (default: verify)"
     )
     p.add_argument(
@@ -149,6 +155,10 @@ def _saved(fp32: float, int8: float) -> str:
     return f"{round(100 * (1 - int8 / fp32)) if fp32 else 0}%"
 
 
+def _bundle_mb(bundle: Path) -> float:
+    return sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 1e6
+
+
 def run_export(args) -> None:
     from pocket_tts_onnx.export.loading import ModelSource
     from pocket_tts_onnx.export.pipeline import export_bundle
@@ -176,6 +186,7 @@ def run_export(args) -> None:
         verify=not args.no_verify,
         progress=_progress,
         voices=voices,
+        precision=args.precision,
     )
     by_graph = {r.graph: r for r in reports}
     w = max(18, *(len(name) + 2 for name in manifest.graphs))
@@ -184,18 +195,21 @@ def run_export(args) -> None:
         f"{'tol':>7}{'int8 relL2':>12}"
     )
     for name, entry in manifest.graphs.items():
-        fp32 = _mb(args.output / entry.files["fp32"])
-        int8 = _mb(args.output / entry.files["int8"]) if "int8" in entry.files else None
+        mb = {p: _mb(args.output / f) for p, f in entry.files.items()}  # variants: no weights
+        sizes = "".join(f"{mb[p]:>9.1f}" if p in mb else f"{'-':>9}" for p in ("fp32", "int8"))
+        saved = _saved(mb["fp32"], mb["int8"]) if len(mb) == 2 and not entry.external else "-"
         report = by_graph.get(name)
         err = f"{report.worst_fp32:.2e}" if report else "skipped"
         l2 = max(report.int8_rel_l2.values()) if report and report.int8_rel_l2 else None
         print(
-            f"{name:<{w}}{fp32:>9.1f}"
-            + (f"{int8:>9.1f}{_saved(fp32, int8):>7}" if int8 is not None else f"{'-':>9}{'-':>7}")
-            + f"{err:>11}{entry.spec.tolerance:>7.0e}"
+            f"{name:<{w}}{sizes}{saved:>7}{err:>11}{entry.spec.tolerance:>7.0e}"
             + (f"{l2:>12.2e}" if l2 is not None else f"{'-':>12}")
         )
-    print(f"\nbundle written to {args.output} in {time.perf_counter() - start:.1f} s")
+    kind = " + ".join(p.upper() for p in manifest.precisions)
+    print(
+        f"\nbundle written to {args.output} ({kind}, {_bundle_mb(args.output):.1f} MB) in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     if manifest.random_weights:
         print("NOTE: random weights - this bundle produces noise, not speech.")
 

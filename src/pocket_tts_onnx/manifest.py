@@ -14,9 +14,11 @@ from pocket_tts_onnx.errors import BundleError
 from pocket_tts_onnx.specs import FLOW_TIME_INPUTS, GRAPH_NAMES, GraphSpec
 from pocket_tts_onnx.text import TextRules
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Schema 2 added the flow-LM position counter state, voices and file digests; graphs from a
-# schema-1 bundle lack the counter, so such bundles must be re-exported.
+# schema-1 bundle lack the counter, so such bundles must be re-exported. Schema 3 added
+# `precisions` (INT8-only bundles), `model_id` and graphs that read their weights from another
+# graph's file (`external`); a schema-2 reader would load those wrongly, so it must refuse them.
 MIN_SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "int8")
@@ -91,20 +93,44 @@ class SherpaOnnxFiles:
 class GraphEntry:
     spec: GraphSpec
     files: dict[str, str]  # precision -> file name
-    sha256: dict[str, str]  # file name -> digest
+    sha256: dict[str, str]  # file name -> digest (graph files and their external data files)
+    # precision -> the files whose bytes that graph file reads as ONNX external data (a
+    # variant reads its weights from its contract graph's file), in the graph file's folder.
+    external: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"files": self.files, "sha256": self.sha256, **self.spec.to_dict()}
+        return {
+            "files": self.files,
+            "external": self.external,
+            "sha256": self.sha256,
+            **self.spec.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> GraphEntry:
+        external = d.get("external", {})
         entry = cls(
-            spec=GraphSpec.from_dict(name, d), files=dict(d["files"]), sha256=dict(d["sha256"])
+            spec=GraphSpec.from_dict(name, d),
+            files=dict(d["files"]),
+            sha256=dict(d["sha256"]),
+            external={p: list(files) for p, files in external.items()},
         )
-        for file in entry.files.values():
-            resolve_in_bundle(Path("."), file)
-            entry.digest(file)
+        for precision, file in entry.files.items():
+            for needed in entry.bundle_files(precision):
+                resolve_in_bundle(Path("."), needed)
+                entry.digest(needed)
+                if Path(needed).parent != Path(file).parent:
+                    raise BundleError(
+                        f"graph {name}: external data file {needed!r} is not in the folder of "
+                        f"{file!r}; re-export the bundle"
+                    )
+        if set(entry.external) - set(entry.files):
+            raise ValueError(f"graph {name} has external data for a precision it has no file for")
         return entry
+
+    def bundle_files(self, precision: str) -> list[str]:
+        """The graph file at `precision` and every file it reads its weights from."""
+        return [self.files[precision], *self.external.get(precision, [])]
 
     def digest(self, file: str) -> str:
         """The sha256 the manifest records for `file`; BundleError (never KeyError) if none."""
@@ -145,6 +171,12 @@ class Manifest:
     default_voice: str | None = None
     opset: int = 17
     sherpa_onnx: SherpaOnnxFiles | None = None  # None: the tokenizer is not a unigram model
+    # The precisions every contract graph has a file for: ("fp32",), ("fp32", "int8") or, for
+    # an `export --precision int8` bundle, ("int8",).
+    precisions: tuple[str, ...] = ("fp32",)
+    # What voices are checked against: the sha256 of the FP32 flow_lm_main file as exported,
+    # recorded because an INT8-only bundle does not ship that file.
+    model_id: str = ""
 
     @property
     def flow_time_inputs(self) -> tuple[str, ...]:
@@ -175,6 +207,8 @@ class Manifest:
             "default_voice": self.default_voice,
             "opset": self.opset,
             "sherpa_onnx": asdict(self.sherpa_onnx) if self.sherpa_onnx else None,
+            "precisions": list(self.precisions),
+            "model_id": self.model_id,
             "notes": list(self.notes),
         }
 
@@ -208,6 +242,7 @@ class Manifest:
                 raise ValueError(f"default_voice {default_voice!r} is not among the voices")
             if d["flow_type"] not in FLOW_TIME_INPUTS:
                 raise ValueError(f"unknown flow_type {d['flow_type']!r}")
+            precisions, model_id = _precisions_and_model_id(d, graphs)
             return cls(
                 schema_version=version,
                 pocket_tts_version=d["pocket_tts_version"],
@@ -232,6 +267,8 @@ class Manifest:
                 default_voice=default_voice,
                 opset=int(d.get("opset", 17)),
                 sherpa_onnx=SherpaOnnxFiles(**d["sherpa_onnx"]) if d.get("sherpa_onnx") else None,
+                precisions=precisions,
+                model_id=model_id,
             )
         except BundleError:
             raise
@@ -239,6 +276,20 @@ class Manifest:
             raise BundleError(
                 f"manifest is incomplete or malformed ({type(e).__name__}: {e})"
             ) from e
+
+    def require_precision(self, precision: str) -> None:
+        """BundleError naming what the bundle holds when it has no graphs at `precision`."""
+        if precision in self.precisions:
+            return
+        if precision == "int8":
+            fix = "re-export with --quantize, or load with precision='fp32'"
+        else:
+            fix = (
+                "it was exported with --precision int8; load it with precision='int8', or "
+                "re-export with --quantize for FP32 and INT8"
+            )
+        held = " and ".join(p.upper() for p in self.precisions)
+        raise BundleError(f"this bundle has {held} graphs only, no {precision.upper()}: {fix}")
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / MANIFEST_NAME
@@ -269,3 +320,26 @@ class Manifest:
         if not isinstance(data, dict):
             raise BundleError(f"{path} does not hold a JSON object")
         return cls.from_dict(data)
+
+
+def _precisions_and_model_id(d: dict, graphs: dict[str, GraphEntry]) -> tuple[tuple, str]:
+    """`precisions` and `model_id` as recorded (schema 3), or as a schema-2 bundle implies
+    them: FP32 always, INT8 when every contract graph has it; the FP32 flow_lm_main digest."""
+    main = graphs["flow_lm_main"]
+    if "precisions" in d:
+        precisions = tuple(p for p in PRECISIONS if p in d["precisions"])
+        if not precisions or len(precisions) != len(d["precisions"]):
+            raise ValueError(f"precisions must be some of {PRECISIONS}, got {d['precisions']!r}")
+    else:
+        int8 = all("int8" in graphs[name].files for name in GRAPH_NAMES)
+        precisions = ("fp32", "int8") if int8 else ("fp32",)
+    for name in GRAPH_NAMES:
+        missing = [p for p in precisions if p not in graphs[name].files]
+        if missing:
+            raise ValueError(f"graph {name} has no {missing[0]} file")
+    model_id = d.get("model_id")
+    if model_id is None and "fp32" in main.files:
+        model_id = main.digest(main.files["fp32"])
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError(f"model_id must be the FP32 flow_lm_main's sha256, got {model_id!r}")
+    return precisions, model_id

@@ -108,8 +108,7 @@ class PocketTTSOnnx:
         self._core = GenerationCore(
             manifest, self._graphs, tokenizer, lambda voice: start_state()(voice)
         )
-        main = manifest.graphs["flow_lm_main"]
-        self.model_id = main.digest(main.files["fp32"])
+        self.model_id = manifest.model_id
         self._voices = VoiceCatalog(
             manifest,
             Path(bundle) if bundle is not None else None,

@@ -19,7 +19,14 @@ import soundfile as sf
 
 from pocket_tts_onnx.errors import InvalidInputError, VoiceError
 
-__all__ = ["end_on_pause", "fade_in", "prepare_voice_audio", "read_audio", "write_wav"]
+__all__ = [
+    "decode_audio",
+    "end_on_pause",
+    "fade_in",
+    "prepare_voice_audio",
+    "read_audio",
+    "write_wav",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,28 +44,72 @@ def _check_rate(sample_rate: object, what: str) -> int:
     return as_int
 
 
-def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+# Decoded samples a voice prompt may hold, whatever its format or rate: 10 minutes at 48 kHz
+# (115 MB as float32). Compressed files (FLAC/OGG of silence) decode to thousands of times
+# their size, so the bound is on what is decoded, never on the file.
+MAX_DECODED_SAMPLES = 600 * 48_000
+# Frames x channels read per block: the mixdown keeps one block of all channels at a time.
+_BLOCK_SAMPLES = 1 << 20
+
+
+def read_audio(
+    path: str | os.PathLike[str], max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
     """Read any file libsndfile understands as mono float32 ``[N]`` plus its sample rate.
 
-    Channels are averaged after converting to float32, which for 16-bit PCM gives the same
-    numbers as upstream's ``audio_read`` (int16 / 32768, then the channel mean).
+    Only the first ``max_seconds`` are decoded (``None``: all of it), and never more than
+    ``MAX_DECODED_SAMPLES``. Channels are averaged after converting to float32, which for
+    16-bit PCM gives the same numbers as upstream's ``audio_read`` (int16 / 32768, then the
+    channel mean).
     """
     path = Path(path)
     if not path.exists():
         raise VoiceError(f"voice audio file not found: {str(path)!r}")
     if not path.is_file():
         raise VoiceError(f"voice audio path is not a file: {str(path)!r}")
+    return decode_audio(str(path), f"voice audio file {str(path)!r}", max_seconds)
+
+
+def decode_audio(source, what: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode a path or a binary file object to mono float32 ``[N]`` and its rate, reading
+    block by block and stopping after ``max_seconds`` (or ``MAX_DECODED_SAMPLES``), so
+    neither a long file nor a decompression bomb can take more memory than the prompt
+    uses. ``what`` names the source in error messages."""
     try:
-        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(source) as f:
+            rate, channels = int(f.samplerate), int(f.channels)
+            _check_rate(rate, f"{what}: sample rate")
+            want = MAX_DECODED_SAMPLES
+            if max_seconds is not None:
+                want = min(want, max(1, math.ceil(max_seconds * rate)))
+            block = max(1, _BLOCK_SAMPLES // channels)
+            pieces, total = [], 0
+            while total < want + 1:  # one sample past `want` tells "longer" from "exact"
+                data = f.read(min(block, want + 1 - total), dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                mono = data[:, 0] if channels == 1 else data.mean(axis=1, dtype=np.float32)
+                pieces.append(np.array(mono, dtype=np.float32))
+                total += data.shape[0]
+    except VoiceError:
+        raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+        # libsndfile's own words, without the file object's repr or a second full stop.
+        detail = (getattr(exc, "error_string", None) or str(exc)).strip().rstrip(".")
         raise VoiceError(
-            f"cannot read voice audio file {str(path)!r}: {exc}. Use a format libsndfile "
-            "reads (WAV, FLAC, OGG, MP3, ...)."
+            f"cannot read {what}: {detail}. Use a format libsndfile reads (WAV, FLAC, OGG, "
+            "MP3, ...)."
         ) from exc
-    if data.shape[0] == 0:
-        raise VoiceError(f"voice audio file {str(path)!r} contains no samples")
-    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(mono, dtype=np.float32), int(sample_rate)
+    if total > want and (max_seconds is None or want < math.ceil(max_seconds * rate)):
+        raise VoiceError(
+            f"{what} is longer than the {MAX_DECODED_SAMPLES} samples a voice prompt may hold "
+            f"({MAX_DECODED_SAMPLES / rate:.0f} s at {rate} Hz); use the first 30 s "
+            "(truncate) or a shorter recording"
+        )
+    if total == 0:
+        raise VoiceError(f"{what} contains no samples")
+    mono = np.concatenate(pieces)[:want]
+    return np.ascontiguousarray(mono, dtype=np.float32), rate
 
 
 def _to_mono(audio: object) -> np.ndarray:

@@ -17,10 +17,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from pocket_tts_onnx.errors import VoiceError
+from pocket_tts_onnx.runtime.audio import decode_audio
 
+# Seconds of an uploaded prompt that are decoded: voice_from_audio(truncate=True) keeps 30.
+PROMPT_SECONDS = 30.0
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -133,13 +135,5 @@ class VoiceStore:
 
 
 def _decode(data: bytes) -> tuple[np.ndarray, int]:
-    try:
-        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as e:
-        raise VoiceError(
-            f"voice_wav cannot be decoded ({e}); upload WAV, FLAC, OGG or MP3 audio"
-        ) from e
-    if audio.shape[0] == 0:
-        raise VoiceError("voice_wav contains no samples")
-    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(mono), int(rate)
+    """The first 30 s of an upload (all a voice uses), decoded without the rest."""
+    return decode_audio(io.BytesIO(data), "voice_wav", max_seconds=PROMPT_SECONDS)

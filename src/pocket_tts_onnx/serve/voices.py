@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_tts_onnx.errors import VoiceError
+from pocket_tts_onnx.errors import BundleError, VoiceError
+from pocket_tts_onnx.manifest import file_sha256, resolve_in_bundle
 from pocket_tts_onnx.runtime.audio import decode_audio
 
 # Seconds of an uploaded prompt that are decoded: voice_from_audio(truncate=True) keeps 30.
@@ -69,12 +70,40 @@ class VoiceStore:
         self._locks_guard = threading.Lock()
 
     def names(self) -> list[dict]:
+        """The voices a request can name: the bundle's, then the usable files of the voices
+        folder (regular files inside it; a directory named x.npz or a link leading out is
+        skipped)."""
         out = [{"name": n, "source": "bundle"} for n in sorted(self._bundle_voices)]
         if self._dir is not None:
             for path in sorted(self._dir.glob("*.npz")):
-                if NAME_PATTERN.match(path.stem) and path.stem not in self._bundle_voices:
-                    out.append({"name": path.stem, "source": "voices-dir"})
+                name = path.stem
+                usable = NAME_PATTERN.match(name) and self._folder_file(name) is not None
+                if usable and name not in self._bundle_voices:
+                    out.append({"name": name, "source": "voices-dir"})
         return out
+
+    def _folder_file(self, name: str) -> Path | None:
+        """`<name>.npz` of the voices folder if it is a regular file inside it, else None."""
+        if self._dir is None:
+            return None
+        path = (self._dir / f"{name}.npz").resolve()
+        return path if path.parent == self._dir and path.is_file() else None
+
+    def check_bundle_voices(self) -> None:
+        """Every voice the manifest lists must match its sha256, checked once at startup:
+        a damaged voice would otherwise fail each request that names it (or, as the
+        default, every request). Raises BundleError naming the voice."""
+        manifest = self._tts.manifest
+        for name in sorted(self._bundle_voices):
+            entry = manifest.voices[name]
+            path = resolve_in_bundle(self._bundle, entry.file)
+            if not path.is_file():
+                raise BundleError(f"bundle voice {name!r}: {entry.file} is missing; re-export")
+            if file_sha256(path) != entry.sha256:
+                raise BundleError(
+                    f"bundle voice {name!r}: {entry.file} does not match its sha256 in "
+                    "manifest.json (replaced or corrupted); restore or re-export the bundle"
+                )
 
     def default(self):
         """What a request without a voice gets: None, i.e. the engine's choice (the bundle's
@@ -100,10 +129,15 @@ class VoiceStore:
         return voice
 
     def _load_named(self, name: str):
-        if self._dir is not None:
-            path = (self._dir / f"{name}.npz").resolve()
-            if path.parent == self._dir and path.is_file():
+        path = self._folder_file(name)
+        if path is not None:
+            try:
                 return self._tts.load_voice(path)
+            except VoiceError as e:  # the message names the server's path: keep it local
+                message = str(e).replace(str(path), f"{name}.npz")
+                raise VoiceError(
+                    f"voice {name!r} of the server's voices folder cannot be used: {message}"
+                ) from e
         available = ", ".join(v["name"] for v in self.names()) or "none"
         raise VoiceError(
             f"unknown voice {name!r}; available: {available} (GET /v1/voices), or upload a "

@@ -28,14 +28,13 @@ from pocket_tts_onnx.runtime.config import GenerationConfig
 from pocket_tts_onnx.runtime.generation import ChunkStream
 from pocket_tts_onnx.runtime.kv_buffer import KVBuffers, filled_positions, join_decoder_row
 from pocket_tts_onnx.runtime.streaming import AudioChunk
+from pocket_tts_onnx.text import MAX_CHUNK_TOKENS  # the longest chunk the text splitter makes
 
 __all__ = ["BatchScheduler", "BatchStream", "generate_batch"]
 
 _END = object()
 # At most this many streams per scheduler (K/V buffers are allocated for all of them).
 MAX_STREAMS = 256
-# Longest text chunk (tokens) a batched stream may prompt; upstream's chunks hold <= 50.
-MAX_CHUNK_TOKENS = 1024
 
 
 def _too_slow(chunks: int) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "fade_in",
     "prepare_voice_audio",
     "read_audio",
+    "write_audio",
     "write_wav",
 ]
 
@@ -251,11 +252,19 @@ def fade_in(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def write_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: int) -> None:
-    """Write mono 16-bit PCM WAV, replacing ``path`` atomically.
+    """Write mono 16-bit PCM WAV, replacing ``path`` atomically (see ``write_audio``)."""
+    write_audio(path, samples, sample_rate)
 
-    Conversion matches upstream's writer (clip to [-1, 1], scale by 32767, truncate toward
-    zero) minus the 200 ms of trailing silence it appends. ``samples`` may be ``[N]`` or
-    carry leading size-1 axes (``[1, N]``, ``[1, 1, N]``). NaN is rejected rather than
+
+def write_audio(
+    path: str | os.PathLike[str], samples: np.ndarray, sample_rate: int, fmt=None
+) -> None:
+    """Write mono audio as 16-bit PCM WAV, or in ``fmt`` (an ``AudioFormat`` of
+    ``runtime.encoding``: flac, mp3, opus, raw pcm), replacing ``path`` atomically.
+
+    WAV conversion matches upstream's writer (clip to [-1, 1], scale by 32767, truncate
+    toward zero) minus the 200 ms of trailing silence it appends. ``samples`` may be ``[N]``
+    or carry leading size-1 axes (``[1, N]``, ``[1, 1, N]``). NaN is rejected rather than
     written as arbitrary PCM, since it always means the generation went wrong.
     """
     rate = int(sample_rate)
@@ -265,21 +274,35 @@ def write_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: in
     while arr.ndim > 1 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 1:
-        raise InvalidInputError(f"write_wav expects mono audio [samples], got shape {arr.shape}")
+        raise InvalidInputError(f"expected mono audio [samples], got shape {arr.shape}")
     arr = arr.astype(np.float32, copy=False)
     if np.isnan(arr).any():
         raise InvalidInputError(f"refusing to write {str(path)!r}: audio contains NaN samples")
+    if fmt is not None and fmt.name != "wav":
+        from pocket_tts_onnx.runtime.encoding import encode
+
+        data = encode(arr, rate, fmt)
+        _replace_atomically(Path(path), lambda fh: fh.write(data))
+        return
     pcm = (np.clip(arr, -1.0, 1.0) * np.float32(32767)).astype("<i2")
 
-    path = Path(path)
-    # Same directory so the final os.replace is an atomic rename, never a copy.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh, wave.open(fh, "wb") as wav_out:
+    def write(fh) -> None:
+        with wave.open(fh, "wb") as wav_out:
             wav_out.setnchannels(1)
             wav_out.setsampwidth(2)
             wav_out.setframerate(rate)
             wav_out.writeframes(pcm.tobytes())
+
+    _replace_atomically(Path(path), write)
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename it over `path`."""
+    # Same directory so the final os.replace is an atomic rename, never a copy.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-from pocket_tts_onnx.serve.encoding import supported_formats
+from pocket_tts_onnx.runtime.encoding import supported_formats
 from pocket_tts_onnx.serve.limits import ServeConfig
 from pocket_tts_onnx.serve.plumbing import (
     ApiError,

@@ -296,7 +296,7 @@ def test_untruncated_read_is_bounded(tmp_path, monkeypatch):
     path = tmp_path / "long.flac"
     _silent_flac(path, 3, rate=8_000, channels=1)
     monkeypatch.setattr(audio_mod, "MAX_DECODED_SAMPLES", 2 * 8_000)
-    with pytest.raises(VoiceError, match="longer than the 16000 samples"):
+    with pytest.raises(VoiceError, match="longer than a voice prompt may be .16000 samples"):
         read_audio(path)
     assert read_audio(path, max_seconds=1)[0].shape[0] == 8_000  # truncating is fine
 
@@ -451,3 +451,15 @@ def test_upstream_safetensors_errors(tmp_path):
     safetensors.torch.save_file({"m/x": torch.zeros(3, dtype=torch.bfloat16)}, str(bf16))
     with pytest.raises(VoiceError, match="bf16.safetensors.*BF16"):
         load_upstream_voice_safetensors(bf16)
+
+
+def test_prompt_duration_is_bounded_at_any_rate(tmp_path):
+    """A 1 Hz 'recording' of 100k samples is 28 hours: resampled to the model's rate it
+    would be 2.4e9 samples. Refused by duration, from a file or from memory."""
+    path = tmp_path / "slow.wav"
+    sf.write(path, np.full(100_000, 0.1, np.float32), 1, subtype="PCM_16")
+    with pytest.raises(VoiceError, match="longer than a voice prompt may be"):
+        read_audio(path)
+    assert read_audio(path, max_seconds=30)[0].shape[0] == 30  # truncation is fine
+    with pytest.raises(VoiceError, match="at most 600 s"):
+        prepare_voice_audio(np.full(100_000, 0.1, np.float32), 1, TARGET)

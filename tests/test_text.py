@@ -645,6 +645,7 @@ def test_text_rules_are_immutable():
         {"replace_characters": ["a"]},
         {"max_tokens_per_chunk": 0},
         {"max_tokens_per_chunk": True},
+        {"max_tokens_per_chunk": 10**9},  # beyond MAX_CHUNK_TOKENS: no chunk limit at all
         ["not", "a", "dict"],
     ],
 )

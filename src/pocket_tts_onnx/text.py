@@ -111,9 +111,14 @@ class TextRules:
                     f"got {key!r}: {value!r}"
                 )
         limit = self.max_tokens_per_chunk
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_CHUNK_TOKENS
+        ):
             raise InvalidInputError(
-                f"TextRules.max_tokens_per_chunk must be a positive int, got {limit!r}"
+                f"TextRules.max_tokens_per_chunk must be an int from 1 to {MAX_CHUNK_TOKENS}, "
+                f"got {limit!r}"
             )
         # Private copy, so mutating the caller's dict cannot change a frozen object.
         object.__setattr__(self, "replace_characters", dict(mapping))

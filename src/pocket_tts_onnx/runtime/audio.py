@@ -49,6 +49,9 @@ def _check_rate(sample_rate: object, what: str) -> int:
 # (115 MB as float32). Compressed files (FLAC/OGG of silence) decode to thousands of times
 # their size, so the bound is on what is decoded, never on the file.
 MAX_DECODED_SAMPLES = 600 * 48_000
+# Longest voice prompt in seconds, at any rate: a 1 Hz "recording" of a million samples is
+# 11 days of audio, tens of GB once resampled to the model's rate.
+MAX_PROMPT_SECONDS = 600
 # Frames x channels read per block: the mixdown keeps one block of all channels at a time.
 _BLOCK_SAMPLES = 1 << 20
 
@@ -80,7 +83,7 @@ def decode_audio(source, what: str, max_seconds: float | None = None) -> tuple[n
         with sf.SoundFile(source) as f:
             rate, channels = int(f.samplerate), int(f.channels)
             _check_rate(rate, f"{what}: sample rate")
-            want = MAX_DECODED_SAMPLES
+            want = min(MAX_DECODED_SAMPLES, MAX_PROMPT_SECONDS * rate)
             if max_seconds is not None:
                 want = min(want, max(1, math.ceil(max_seconds * rate)))
             block = max(1, _BLOCK_SAMPLES // channels)
@@ -103,9 +106,9 @@ def decode_audio(source, what: str, max_seconds: float | None = None) -> tuple[n
         ) from exc
     if total > want and (max_seconds is None or want < math.ceil(max_seconds * rate)):
         raise VoiceError(
-            f"{what} is longer than the {MAX_DECODED_SAMPLES} samples a voice prompt may hold "
-            f"({MAX_DECODED_SAMPLES / rate:.0f} s at {rate} Hz); use the first 30 s "
-            "(truncate) or a shorter recording"
+            f"{what} is longer than a voice prompt may be ({want} samples, "
+            f"{want / rate:.0f} s at {rate} Hz); use the first 30 s (truncate) or a shorter "
+            "recording"
         )
     if total == 0:
         raise VoiceError(f"{what} contains no samples")
@@ -173,6 +176,11 @@ def prepare_voice_audio(
             raise VoiceError(f"truncate_seconds must be > 0, got {truncate_seconds!r}")
         mono = mono[: int(truncate_seconds * src_rate)]
 
+    if mono.shape[0] > MAX_PROMPT_SECONDS * src_rate:
+        raise VoiceError(
+            f"voice audio{where} is {mono.shape[0] / src_rate:.0f} s long; a prompt may be at "
+            f"most {MAX_PROMPT_SECONDS} s (30 s are used with truncation)"
+        )
     if mono.shape[0] < max(1, min_samples):
         raise VoiceError(
             f"voice audio{where} is too short: {mono.shape[0]} sample(s) at {src_rate} Hz, "

@@ -117,8 +117,7 @@ def run(args) -> None:
             "`pip install -e '.[serve]'` (fastapi, uvicorn, python-multipart)"
         ) from e
 
-    from pocket_tts_onnx import PocketTTSOnnx
-    from pocket_tts_onnx.serve.app import REPO_WEB_DIST, create_app
+    from pocket_tts_onnx.serve.app import REPO_WEB_DIST
 
     web = None if args.no_web else (args.web_dist or REPO_WEB_DIST)
     config = ServeConfig(
@@ -135,10 +134,20 @@ def run(args) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    sock = _listen(args.host, args.port)  # a busy port fails before the model loads
+    try:
+        _serve(args, config, sock, uvicorn)
+    finally:
+        sock.close()
+
+
+def _serve(args, config: ServeConfig, sock: socket.socket, uvicorn) -> None:
+    from pocket_tts_onnx import PocketTTSOnnx
+    from pocket_tts_onnx.serve.app import create_app
+
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
     app = create_app(tts, args.bundle, config, scheduler_kind=args.scheduler)
     state = app.state.serve
-    sock = _listen(args.host, args.port)
     port = sock.getsockname()[1]  # --port 0: the one the system chose
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(
@@ -151,7 +160,4 @@ def run(args) -> None:
     server = uvicorn.Server(
         uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
     )
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
+    server.run(sockets=[sock])

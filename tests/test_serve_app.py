@@ -341,3 +341,20 @@ def test_serve_port_errors_are_one_line(serve_bundle, capsys):
     out = capsys.readouterr()
     assert "serving" not in out.out  # said only once the port is ours
     assert f"cannot listen on 127.0.0.1:{port}" in out.err and "Traceback" not in out.err
+
+
+def test_hostile_bodies_get_short_specific_answers(serve_bundle, tts):
+    with running(_app(tts, serve_bundle)) as port:
+        deep = client.post_json(port, "/v1/audio/speech", b"[" * 40_000 + b"]" * 40_000)
+        assert deep.status == 400 and "nested too deeply" in deep.json()["error"]["message"]
+        # A JSON route takes no upload, whatever the content type claims.
+        fake = client.request(
+            port,
+            "POST",
+            "/v1/audio/speech",
+            b"x" * 200_000,
+            {"Content-Type": "multipart/form-data; boundary=zz"},
+        )
+        assert fake.status == 413
+        long_name = client.post_json(port, "/v1/audio/speech", {"input": "hi", "voice": "a" * 9999})
+        assert long_name.status == 400 and len(long_name.body) < 1000

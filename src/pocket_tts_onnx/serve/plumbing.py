@@ -22,6 +22,8 @@ from pocket_tts_onnx.errors import BundleError, InvalidInputError, QueueFullErro
 logger = logging.getLogger("pocket_tts_onnx.serve")
 
 REQUEST_ID_HEADER = "x-request-id"
+# The only routes that take an upload (multipart with a file); every other body is text-sized.
+UPLOAD_PATHS = ("/tts",)
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -129,6 +131,9 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         cause = exc.__cause__
+        if exc.status_code == 400 and isinstance(cause, RecursionError):
+            message = "request body is not valid JSON for this API: it is nested too deeply"
+            return error_response(request, 400, message, "body", "json_invalid")
         if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
             message = (
                 f"request body is not valid JSON: it is not UTF-8 text (byte "
@@ -172,7 +177,7 @@ class RequestContextMiddleware:
             await send(message)
 
         if scope["method"] in ("POST", "PUT", "PATCH"):
-            refusal = self._check_length(headers)
+            refusal = self._check_length(headers, scope.get("path", ""))
             if refusal is not None:
                 status, message = refusal
                 body = json.dumps(error_body(status, message, "body", None, rid)).encode()
@@ -242,7 +247,7 @@ class RequestContextMiddleware:
 
         return timed
 
-    def _check_length(self, headers: dict) -> tuple[int, str] | None:
+    def _check_length(self, headers: dict, path: str) -> tuple[int, str] | None:
         raw = headers.get(b"content-length")
         if raw is None:
             if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
@@ -253,7 +258,7 @@ class RequestContextMiddleware:
         except ValueError:
             return 400, "invalid Content-Length header"
         ctype = headers.get(b"content-type", b"").lower()
-        if ctype.startswith(b"multipart/form-data"):
+        if ctype.startswith(b"multipart/form-data") and path in UPLOAD_PATHS:
             limit, option = self.max_body_bytes, "--max-upload-bytes"
         else:  # JSON (or a url-encoded form): text only
             limit, option = self.max_json_bytes, "--max-text-chars"

@@ -114,9 +114,11 @@ class VoiceStore:
         """A bundle voice name (the engine loads and caches those itself) or a Voice loaded
         from the voices folder."""
         if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+            text = str(name)
+            shown = repr(text[:64] + "..." if len(text) > 64 else text)  # not 10 kB echoed
             raise VoiceError(
-                f"voice {name!r} is not a valid voice name (letters, digits, '_', '-', '.'; "
-                "no paths); GET /v1/voices lists the voices"
+                f"voice {shown} is not a valid voice name (up to 64 letters, digits, '_', '-', "
+                "'.'; no paths); GET /v1/voices lists the voices"
             )
         if name in self._bundle_voices:
             return name

@@ -65,6 +65,11 @@ def test_scheduler_limits_are_typed_errors(bundle):
     scheduler = BatchScheduler(tts, max_streams=2, max_chunk_tokens=64)
     with scheduler, pytest.raises(InvalidInputError, match="max_chunk_tokens"):
         scheduler.submit("a" * 2000)  # one word: the chunker cannot split it
+    with BatchScheduler(tts, max_streams=1) as scheduler:
+        # 3,500+ characters of words without a full stop: cut at words, not refused.
+        words = " ".join(f"word{i % 97}" if i % 5 else "and" for i in range(900))
+        stream = scheduler.submit(words, NO_VOICE, max_frames=1)
+        stream.cancel()
 
 
 def test_a_reader_that_stops_reading_has_bounded_buffered_audio(bundle):

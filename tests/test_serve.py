@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 
 from pocket_tts_onnx import PocketTTSOnnx
+from pocket_tts_onnx.runtime.encoding import pcm16
 from pocket_tts_onnx.serve import client
-from pocket_tts_onnx.serve.encoding import pcm16
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")

@@ -69,6 +69,9 @@ def _node(script: str, *args: str, timeout: float) -> dict | list:
 # ------------------------------------------------------------------------------ token ids
 
 _CORPUS = [
+    # Words without a full stop, far over MAX_CHUNK_TOKENS: cut at word boundaries.
+    " ".join(f"word{i % 97}" if i % 5 else "and" for i in range(900)),
+    ", ".join(" ".join(f"w{i}x{j}" for j in range(300)) for i in range(3)),
     "Hello world.",
     "hello world",
     "Hi",

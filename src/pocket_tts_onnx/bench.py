@@ -45,35 +45,53 @@ STEPS = 20
 
 def add_arguments(parser) -> None:
     src = parser.add_argument_group("model (random weights of this architecture by default)")
-    src.add_argument("--language", default="english", help="shipped config to benchmark")
-    src.add_argument("--config", type=Path, help="custom config instead of --language")
     src.add_argument(
-        "--weights", type=Path, help="real safetensors weights for --language or --config"
+        "--language", default="english", help="shipped config to benchmark (default: english)"
+    )
+    src.add_argument(
+        "--config", type=Path, help="custom config instead of --language (default: none)"
+    )
+    src.add_argument(
+        "--weights",
+        type=Path,
+        help="real safetensors weights for --language or --config (default: random weights)",
     )
     src.add_argument(
         "--bundle", type=Path, help="existing bundle of the same model (default: export one)"
     )
-    src.add_argument("--demo", action="store_true", help="the tiny demo model (smoke test)")
-    parser.add_argument("--frames", type=int, default=150, help="frames per run (12.5 per s)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per contender (median)")
+    src.add_argument(
+        "--demo", action="store_true", help="the tiny demo model (smoke test) (default: off)"
+    )
+    parser.add_argument(
+        "--frames", type=int, default=150, help="frames per run, 12.5 per s (default: 150)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs per contender, median reported (default: 3)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="intra-op threads for every contender (upstream's default is 1)",
+        help="intra-op threads for every contender, as upstream (default: 1)",
     )
     parser.add_argument(
         "--soak-minutes",
         type=float,
         default=10.0,
-        help="minutes of audio streamed by the INT8 engine for the RSS check (0 skips it)",
+        help="minutes of audio streamed by the INT8 engine for the RSS check, 0 skips it "
+        "(default: 10.0)",
     )
     parser.add_argument(
         "--contenders",
         default=",".join(DEFAULT_CONTENDERS),
-        help=f"comma list of {', '.join(CONTENDERS)}",
+        help=f"comma list of {', '.join(CONTENDERS)} (default: {','.join(DEFAULT_CONTENDERS)})",
     )
-    parser.add_argument("--output", type=Path, default=Path("bench-results"))
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("bench-results"),
+        help="folder for the results JSON and report (default: bench-results)",
+    )
 
 
 def _source_dict(args) -> dict:

@@ -1,5 +1,5 @@
 """The benchmark's report: the machine it ran on, medians, ratios against both upstream
-contenders and issue 10's targets (pure Python + numpy, used by `pocket_tts_onnx.bench`)."""
+contenders and the project's targets (pure Python + numpy, used by `pocket_tts_onnx.bench`)."""
 
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def report(results: dict[str, list[dict]], meta: dict) -> tuple[str, dict]:
     return text, {"medians": medians, "ratios": ratios, "per_run": results, **meta}
 
 
-# Issue 10's targets: (contender, metric, comparison, bound, description).
+# The performance targets: (contender, metric, comparison, bound, description).
 TARGETS = [
     ("int8", "throughput_vs_upstream-int8", ">=", 3.0, "INT8 throughput >= 3x upstream-int8"),
     ("int8", "first_chunk_vs_upstream-int8", "<=", 1 / 3, "INT8 first chunk <= 1/3 upstream-int8"),
@@ -159,4 +159,4 @@ def _targets(medians: dict, ratios: dict) -> str:
             continue
         met = value >= bound if op == ">=" else value <= bound
         lines.append(f"- {label}: {value:.2f}x, {'met' if met else '**missed**'}")
-    return "\nTargets (issue 10):\n" + "\n".join(lines) + "\n" if lines else ""
+    return "\nTargets:\n" + "\n".join(lines) + "\n" if lines else ""

@@ -28,9 +28,13 @@ def _export_parser(sub) -> None:
         help="a config shipped with pocket-tts, e.g. english, french (default: english when "
         "no other source is given)",
     )
-    src.add_argument("--config", type=Path, help="a custom pocket-tts YAML config")
-    src.add_argument("--weights", type=Path, help="safetensors weights for --config")
-    src.add_argument("--checkpoint", type=Path, help="training checkpoint (.pt) for --config")
+    src.add_argument("--config", type=Path, help="a custom pocket-tts YAML config (default: none)")
+    src.add_argument(
+        "--weights", type=Path, help="safetensors weights for --config (default: none)"
+    )
+    src.add_argument(
+        "--checkpoint", type=Path, help="training checkpoint (.pt) for --config (default: none)"
+    )
     src.add_argument(
         "--random-init",
         action="store_true",
@@ -73,12 +77,21 @@ _PRECISION_HELP = "graph precision; int8 needs an export with --quantize (defaul
 
 
 def _say_parser(sub) -> None:
-    p = sub.add_parser("say", help="synthesize speech to a WAV file")
+    p = sub.add_parser("say", help="synthesize speech to an audio file")
     p.add_argument("text", nargs="?", help="text to speak ('-' or omitted: stdin)")
-    p.add_argument("--text-file", type=Path, help="read the text from this UTF-8 file")
+    p.add_argument(
+        "--text-file",
+        type=Path,
+        help="read the text from this UTF-8 file (default: the text argument or stdin)",
+    )
     p.add_argument("--bundle", type=Path, default=Path("onnx"), help=_BUNDLE_HELP)
     p.add_argument(
-        "--out", type=Path, default=Path("out.wav"), help="WAV file to write (default: out.wav)"
+        "--out",
+        type=Path,
+        default=Path("out.wav"),
+        help="audio file to write; its suffix picks the format: .wav, .flac, .mp3, .opus/.ogg, "
+        ".pcm/.raw (16-bit, no header), as far as this machine's libsndfile encodes them "
+        "(default: out.wav)",
     )
     p.add_argument(
         "--voice",
@@ -113,7 +126,7 @@ def _voice_parser(sub) -> None:
 
 def _voices_parser(sub) -> None:
     p = sub.add_parser("voices", help="list the voices shipped in a bundle")
-    p.add_argument("--bundle", type=Path, default=Path("onnx"))
+    p.add_argument("--bundle", type=Path, default=Path("onnx"), help=_BUNDLE_HELP)
 
 
 def _bench_parser(sub) -> None:
@@ -131,7 +144,10 @@ def _serve_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pocket_tts_onnx import __version__
+
     parser = argparse.ArgumentParser(prog="pocket-tts-onnx", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _export_parser(sub)
     _say_parser(sub)
@@ -277,23 +293,60 @@ def _write(path: Path, write) -> None:
 _AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
+def _out_format(path: Path, sample_rate: int):
+    """The encoding `--out`'s suffix asks for (no suffix: WAV), or a refusal listing the
+    suffixes this machine can write."""
+    from pocket_tts_onnx.runtime.encoding import SUFFIXES, supported_formats
+
+    formats = supported_formats(sample_rate)
+    name = SUFFIXES.get(path.suffix.lower(), None) if path.suffix else "wav"
+    if name not in formats:
+        usable = ", ".join(k for k, v in SUFFIXES.items() if v in formats)
+        raise InvalidInputError(
+            f"--out {path}: cannot write {path.suffix or 'this'} audio here; use one of {usable}"
+        )
+    return formats[name]
+
+
+def _voice_name(name: str, bundle: Path, names: list[str]) -> str:
+    """A bundle voice name as typed on the command line, or a refusal that says what to type."""
+    if name in names:
+        return name
+    same = [n for n in names if n.lower() == name.lower()]
+    hint = f"did you mean {same[0]!r}? (names are case-sensitive) " if same else ""
+    have = ", ".join(names) or "none"
+    raise InvalidInputError(
+        f"--voice {name}: no such voice in {bundle} and no such file; {hint}The bundle's "
+        f"voices: {have} (`pocket-tts-onnx voices --bundle {bundle}`). Or clone one from "
+        "audio: --voice prompt.wav, or use a saved voice: --voice voice.npz (`pocket-tts-onnx "
+        "voice prompt.wav`)"
+    )
+
+
 def run_say(args) -> None:
     from pocket_tts_onnx import PocketTTSOnnx
-    from pocket_tts_onnx.runtime.audio import write_wav
+    from pocket_tts_onnx.manifest import Manifest
+    from pocket_tts_onnx.runtime.audio import write_audio
+    from pocket_tts_onnx.runtime.config import GenerationConfig
 
+    manifest = Manifest.load(args.bundle)  # "not a bundle" before anything about --out
     _check_out(args.out, args.bundle)
+    fmt = _out_format(args.out, manifest.sample_rate)
     text = _read_text(args)
-    tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
+    config = GenerationConfig.from_manifest(manifest, **generation_overrides(args))
     voice = None  # None: the bundle's default voice, if it has one
     if args.voice is not None:
         suffix = args.voice.suffix.lower()
-        if suffix in (".npz", ".safetensors"):
+        if suffix not in (".npz", ".safetensors") and not (
+            args.voice.exists() or suffix in _AUDIO_SUFFIXES
+        ):  # a name from the bundle (`pocket-tts-onnx voices`)
+            voice = _voice_name(str(args.voice), args.bundle, sorted(manifest.voices))
+    tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
+    if args.voice is not None and voice is None:
+        if args.voice.suffix.lower() in (".npz", ".safetensors"):
             voice = tts.load_voice(args.voice)
-        elif args.voice.exists() or suffix in _AUDIO_SUFFIXES:
+        else:
             voice = tts.voice_from_audio(args.voice)
-        else:  # a name from the bundle (`pocket-tts-onnx voices`); unknown names list them
-            voice = str(args.voice)
-    config = tts.generation_config(**generation_overrides(args))
     start = time.perf_counter()
     first = None
     pieces = []
@@ -302,7 +355,7 @@ def run_say(args) -> None:
         pieces.append(chunk.samples)
     audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     elapsed = time.perf_counter() - start
-    _write(args.out, lambda: write_wav(args.out, audio, tts.sample_rate))
+    _write(args.out, lambda: write_audio(args.out, audio, tts.sample_rate, fmt))
     duration = audio.shape[0] / tts.sample_rate
     latency = f", first audio after {1000 * first:.0f} ms" if first is not None else ""
     print(
@@ -315,7 +368,9 @@ def run_say(args) -> None:
 
 def run_voice(args) -> None:
     from pocket_tts_onnx import PocketTTSOnnx
+    from pocket_tts_onnx.manifest import Manifest
 
+    Manifest.load(args.bundle)  # "not a bundle" before anything about --out
     _check_out(args.out, args.bundle)
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision)
     start = time.perf_counter()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pocket_tts_onnx.errors import BundleError
-from pocket_tts_onnx.specs import FLOW_TIME_INPUTS, GRAPH_NAMES, GraphSpec
+from pocket_tts_onnx.specs import FLOW_TIME_INPUTS, GRAPH_NAMES, GraphSpec, spec_disagreement
 from pocket_tts_onnx.text import TextRules
 
 SCHEMA_VERSION = 3
@@ -44,6 +45,56 @@ def resolve_in_bundle(directory: Path, name: str) -> Path:
             f"manifest names {name!r}, which is outside the bundle; re-export the bundle"
         )
     return Path(directory) / rel
+
+
+# Range of every number in manifest.json: (field, kind, lowest, highest, may be null). The
+# bounds are wide enough for any real model and narrow enough that a runtime cannot be made
+# to allocate, loop or divide without limit by a damaged or hostile manifest.
+_NUMBERS = (
+    ("sample_rate", int, 1_000, 384_000, False),
+    ("frame_rate", float, 0.1, 1_000.0, False),
+    ("samples_per_latent", int, 1, 1 << 20, False),
+    ("latent_dim", int, 1, 1 << 16, False),
+    ("d_model", int, 1, 1 << 16, False),
+    ("head_dim", int, 1, 1 << 16, False),
+    ("opset", int, 7, 100, False),
+    ("tokenizer.vocab_size", int, 1, 10_000_000, False),
+    ("defaults.temperature", float, 0.0, 100.0, False),
+    ("defaults.decode_steps", int, 1, 64, False),
+    ("defaults.noise_clamp", float, 0.0, 1e6, True),
+    ("defaults.eos_threshold", float, -1e9, 1e9, False),
+    ("defaults.frames_after_eos", int, 0, 10_000, True),
+    ("defaults.frames_after_eos_guess_offset", int, 0, 10_000, False),
+    ("defaults.min_frames_before_eos", int, 0, 10_000, False),
+    ("defaults.max_length_tokens_per_second", float, 0.01, 1_000.0, False),
+    ("defaults.max_length_padding_seconds", float, 0.0, 600.0, False),
+    ("defaults.fade_in_seconds", float, 0.0, 1.0, False),
+)
+
+
+def _check_numbers(d: dict) -> None:
+    """Range-check every number of a manifest dict; BundleError names the field."""
+    for name, kind, low, high, nullable in _NUMBERS:
+        section, _, leaf = name.rpartition(".")
+        where = d.get(section) if section else d
+        value = where.get(leaf) if isinstance(where, dict) else None
+        if value is None and nullable:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        whole = number and (kind is float or float(value).is_integer())
+        if not (whole and math.isfinite(value) and low <= value <= high):
+            what = "an integer" if kind is int else "a number"
+            raise BundleError(
+                f"manifest.json: {name} must be {what} from {low} to {high}"
+                + (" or null" if nullable else "")
+                + f", got {value!r}; re-export the bundle"
+            )
+    rate, frames, per = d["sample_rate"], d["frame_rate"], d["samples_per_latent"]
+    if abs(rate / per - frames) > 1e-6 * frames:
+        raise BundleError(
+            f"manifest.json: frame_rate {frames} disagrees with sample_rate / "
+            f"samples_per_latent ({rate} / {per}); re-export the bundle"
+        )
 
 
 @dataclass(frozen=True)
@@ -242,8 +293,9 @@ class Manifest:
                 raise ValueError(f"default_voice {default_voice!r} is not among the voices")
             if d["flow_type"] not in FLOW_TIME_INPUTS:
                 raise ValueError(f"unknown flow_type {d['flow_type']!r}")
+            _check_numbers(d)
             precisions, model_id = _precisions_and_model_id(d, graphs)
-            return cls(
+            manifest = cls(
                 schema_version=version,
                 pocket_tts_version=d["pocket_tts_version"],
                 exporter_version=d["exporter_version"],
@@ -270,6 +322,14 @@ class Manifest:
                 precisions=precisions,
                 model_id=model_id,
             )
+            dims = {k: getattr(manifest, k) for k in ("latent_dim", "d_model", "head_dim")}
+            problem = spec_disagreement({n: g.spec for n, g in graphs.items()}, dims)
+            if problem is not None:
+                raise BundleError(
+                    f"manifest.json: {problem}: the manifest does not describe its graphs; "
+                    "re-export the bundle"
+                )
+            return manifest
         except BundleError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -41,6 +41,7 @@ from pocket_tts_onnx.runtime.generation import ChunkStream, chunk_max_frames
 from pocket_tts_onnx.runtime.kv_buffer import filled_positions
 from pocket_tts_onnx.runtime.requests import WAIT, FeedSource, Request, TextSource
 from pocket_tts_onnx.runtime.streams import BatchStream, TextStream
+from pocket_tts_onnx.text import MAX_CHUNK_TOKENS  # the longest chunk the text splitter makes
 
 __all__ = ["MAX_STREAMS", "BatchScheduler"]
 
@@ -48,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 # At most this many streams per scheduler.
 MAX_STREAMS = 256
-# Longest text chunk (tokens) a stream may prompt; upstream's chunks hold <= 50.
-MAX_CHUNK_TOKENS = 1024
 # Flow-head work a row with many solver steps may add to one iteration, as a share of the
 # flow-LM step's time, beyond what the rows with the fewest steps need.
 SOLVE_SHARE = 0.25

@@ -241,7 +241,7 @@ class PocketTTSOnnx:
                 raise VoiceError("voice audio must be a path or a (samples, sample_rate) tuple")
             samples, rate = audio
         elif isinstance(audio, (str, os.PathLike)):
-            samples, rate = read_audio(audio)
+            samples, rate = read_audio(audio, 30.0 if truncate else None)  # decode no more
             source = str(audio)
         else:
             raise VoiceError(

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-from pocket_tts_onnx.serve.encoding import supported_formats
+from pocket_tts_onnx.runtime.encoding import supported_formats
 from pocket_tts_onnx.serve.limits import ServeConfig
 from pocket_tts_onnx.serve.plumbing import (
     ApiError,
@@ -43,6 +44,7 @@ class ServeState:
         self.sample_rate = tts.sample_rate
         self.formats = supported_formats(self.sample_rate)
         self.voices = VoiceStore(tts, bundle, config.voices_dir, config.voice_cache_size)
+        self.voices.check_bundle_voices()  # a damaged voice: refuse to start
         # Threads that wait on the model: every running or queued stream may hold one, plus
         # a few for voice encoding; the default pool stays free for everything else.
         self.limiter = anyio.CapacityLimiter(config.max_streams + config.max_queue + 4)
@@ -78,7 +80,12 @@ def create_app(
     app = FastAPI(title="pocket-tts-onnx", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.serve = state
     install_error_handlers(app, config.retry_after_s)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=config.max_body_bytes,
+        max_json_bytes=config.max_json_bytes,
+        body_timeout_s=config.body_timeout_s,
+    )
     app.include_router(speech_router)
 
     @app.get("/health")
@@ -126,6 +133,7 @@ def create_app(
 def _mount_web(app: FastAPI, bundle: Path, dist: Path | None) -> None:
     """The browser demo with its bundle at /bundle/ (same layout as web/serve.py)."""
     if dist is not None and (Path(dist) / "index.html").is_file():
+        _method_not_allowed(app)  # before the page's catch-all mount at /
         app.mount("/bundle", StaticFiles(directory=bundle), name="bundle")
         app.mount("/", StaticFiles(directory=dist, html=True), name="web")
         return
@@ -138,6 +146,30 @@ def _mount_web(app: FastAPI, bundle: Path, dist: Path | None) -> None:
             "</p><p>The web demo is not built: run <code>npm ci --prefix web &amp;&amp; npm "
             "--prefix web run build</code> and restart (or pass <code>--web-dist</code>).</p>"
         )
+
+
+def _method_not_allowed(app: FastAPI) -> None:
+    """405 for another method on an API route. Without this a GET /tts falls through to the
+    page mounted at / and gets 404, which hides that the route exists."""
+    for route in [*speech_router.routes, *app.routes]:  # included routers are not expanded
+        methods = getattr(route, "methods", None)
+        if not methods or not isinstance(route, APIRoute):
+            continue
+        allow = ", ".join(sorted(methods))
+        others = sorted({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"} - set(methods))
+        app.add_api_route(route.path, _refuser(allow), methods=others, include_in_schema=False)
+
+
+def _refuser(allow: str):
+    async def refuse(request: Request):
+        raise ApiError(
+            405,
+            f"{request.method} is not allowed on {request.url.path}; use {allow}",
+            code="method_not_allowed",
+            headers={"Allow": allow},
+        )
+
+    return refuse
 
 
 __all__ = ["ApiError", "REPO_WEB_DIST", "ServeState", "create_app"]

@@ -27,6 +27,9 @@ class ServeConfig:
     voices_dir: Path | None = None  # folder of precomputed <name>.npz voices
     web_dist: Path | None = None  # built web demo (web/dist); None: no page at /
     retry_after_s: int = 1  # Retry-After sent with 503 when the queue is full
+    # Seconds a request body may take to arrive in full (408 after): a client that opens a
+    # request and trickles its body (slowloris) cannot hold a connection and a worker.
+    body_timeout_s: int = 60
 
     def __post_init__(self) -> None:
         for name in (
@@ -36,6 +39,7 @@ class ServeConfig:
             "voice_cache_size",
             "max_kv_mb",
             "retry_after_s",
+            "body_timeout_s",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -52,8 +56,15 @@ class ServeConfig:
 
     @property
     def max_body_bytes(self) -> int:
-        """Largest request body accepted: an upload plus room for the form/JSON fields."""
+        """Largest multipart body accepted: an upload plus room for the form fields."""
         return self.max_upload_bytes + 4 * self.max_text_chars + 65536
+
+    @property
+    def max_json_bytes(self) -> int:
+        """Largest body of any other kind (JSON, url-encoded form): the longest text, each
+        character escaped as JSON's worst case (12 bytes: a surrogate pair of \\uXXXX), plus
+        64 KiB for the other fields. Parsing 10 MB of JSON costs seconds and ~250 MB."""
+        return 12 * self.max_text_chars + 65536
 
     def public(self) -> dict:
         """The limits as /health reports them (no paths)."""

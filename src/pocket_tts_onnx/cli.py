@@ -139,6 +139,13 @@ def _serve_parser(sub) -> None:
     add_arguments(p)
 
 
+def _wyoming_parser(sub) -> None:
+    from pocket_tts_onnx.wyoming.cli import add_arguments
+
+    p = sub.add_parser("wyoming", help="Wyoming server for Home Assistant (needs [wyoming])")
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pocket-tts-onnx", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _voices_parser(sub)
     _bench_parser(sub)
     _serve_parser(sub)
+    _wyoming_parser(sub)
     return parser
 
 
@@ -386,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
             from pocket_tts_onnx.serve.cli import run as run_serve
 
             run_serve(args)
+        elif args.command == "wyoming":
+            from pocket_tts_onnx.wyoming.cli import run as run_wyoming
+
+            run_wyoming(args)
         else:
             handlers[args.command](args)
     except PocketTTSOnnxError as e:

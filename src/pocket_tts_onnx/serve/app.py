@@ -28,6 +28,7 @@ from pocket_tts_onnx.serve.plumbing import (
 from pocket_tts_onnx.serve.scheduler import make_scheduler, scheduler_stats
 from pocket_tts_onnx.serve.speech import router as speech_router
 from pocket_tts_onnx.serve.voices import VoiceStore
+from pocket_tts_onnx.serve.websocket import router as websocket_router
 
 logger = logging.getLogger("pocket_tts_onnx.serve")
 
@@ -82,6 +83,7 @@ def create_app(
     install_error_handlers(app, config.retry_after_s)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.max_body_bytes)
     app.include_router(speech_router)
+    app.include_router(websocket_router)
 
     @app.get("/health")
     async def health():

@@ -55,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ("max_upload_bytes", "voice upload size (413 above)"),
         ("voice_cache_size", "computed voices kept in the LRU cache (~18 MB each, english)"),
         ("max_frames_limit", "largest max_frames a request may ask for"),
+        ("ws_idle_timeout_s", "seconds a WebSocket stream may wait for its next text"),
     ):
         default = getattr(_DEFAULTS, name)
         lim.add_argument(
@@ -76,10 +77,11 @@ def run(args) -> None:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn
+        import websockets  # noqa: F401  (uvicorn's WebSocket support)
     except ImportError as e:
         raise PocketTTSOnnxError(
             f"`serve` needs the [serve] extra ({e.name} not installed): "
-            "`pip install -e '.[serve]'` (fastapi, uvicorn, python-multipart)"
+            "`pip install -e '.[serve]'` (fastapi, uvicorn, python-multipart, websockets)"
         ) from e
 
     from pocket_tts_onnx import PocketTTSOnnx
@@ -93,6 +95,7 @@ def run(args) -> None:
         max_upload_bytes=args.max_upload_bytes,
         voice_cache_size=args.voice_cache_size,
         max_frames_limit=args.max_frames_limit,
+        ws_idle_timeout_s=args.ws_idle_timeout_s,
         voices_dir=args.voices_dir,
         web_dist=web,
     )
@@ -110,5 +113,10 @@ def run(args) -> None:
     if tts.manifest.random_weights:
         print("NOTE: random-weight bundle - the audio is noise, not speech.", flush=True)
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+        ws_max_size=config.max_ws_message_bytes,
     )

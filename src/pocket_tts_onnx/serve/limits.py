@@ -26,6 +26,13 @@ class ServeConfig:
     voices_dir: Path | None = None  # folder of precomputed <name>.npz voices
     web_dist: Path | None = None  # built web demo (web/dist); None: no page at /
     retry_after_s: int = 1  # Retry-After sent with 503 when the queue is full
+    # A WebSocket stream waiting longer than this for its next text message is closed (1008).
+    ws_idle_timeout_s: int = 20
+
+    @property
+    def max_ws_message_bytes(self) -> int:
+        """Largest WebSocket message: a whole stream's text as escaped JSON, plus room."""
+        return 6 * self.max_text_chars + 65536
 
     def __post_init__(self) -> None:
         for name in (
@@ -36,6 +43,7 @@ class ServeConfig:
             "max_frames_limit",
             "max_lsd_steps",
             "retry_after_s",
+            "ws_idle_timeout_s",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

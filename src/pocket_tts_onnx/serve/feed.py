@@ -8,6 +8,7 @@ one by one to the scheduler. It has the interface the engine's TextStream will h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import queue
 import re
 import threading
@@ -30,7 +31,7 @@ class FeedChunk:
 class _StandInFeed:
     def __init__(self, scheduler, sample_rate: int, voice, config):
         self._scheduler, self._rate, self._voice = scheduler, sample_rate, voice
-        self._params = {"seed": config.seed} if config is not None else {}
+        self._params = dataclasses.asdict(config) if config is not None else {}
         self._buffer = ""
         self._sentences: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()

@@ -260,3 +260,37 @@ def test_eight_concurrent_streaming_clients(port, reference):
 
     for audio in run(many()):
         assert_engine_audio(audio, reference)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--uri", "http://127.0.0.1:10200"], "--uri must be tcp://"),
+        (["--uri", "tcp://127.0.0.1"], "give a host and a port"),
+        (["--samples-per-chunk", "0"], "--samples-per-chunk must be >= 1"),
+        (["--zeroconf", "--uri", "unix:///tmp/x.sock"], "use a tcp:// --uri"),
+    ],
+)
+def test_bad_options_are_clear_errors(tmp_path, flags, message):
+    """Checked before the bundle loads: a missing bundle does not hide them."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pocket_tts_onnx.cli", "wyoming", "--bundle", str(tmp_path),
+         *flags],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_zeroconf_without_the_package_says_how_to_install_it(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("zeroconf") is not None:
+        pytest.skip("zeroconf is installed here")
+    result = subprocess.run(
+        [sys.executable, "-m", "pocket_tts_onnx.cli", "wyoming", "--bundle", str(tmp_path),
+         "--uri", "tcp://127.0.0.1:10200", "--zeroconf"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "pip install zeroconf" in result.stderr and "Traceback" not in result.stderr

@@ -294,3 +294,46 @@ def test_zeroconf_without_the_package_says_how_to_install_it(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert "pip install zeroconf" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_disconnect_mid_stream_frees_its_row(tts):
+    """A client that vanishes mid-sentence cancels its stream (server in this process, to
+    read its scheduler's stats; still a real socket)."""
+    from functools import partial
+
+    from wyoming.server import AsyncTcpServer
+
+    from pocket_tts_onnx.serve.scheduler import make_scheduler
+    from pocket_tts_onnx.wyoming.handler import SpeechHandler, WyomingService
+    from pocket_tts_onnx.wyoming.info import build_info
+
+    scheduler, _ = make_scheduler(tts, 2, 2)
+    # EOS off and 5000 frames: only a cancel can end this stream within the test.
+    config = tts.generation_config(seed=SEED, eos_threshold=1e9, max_frames=5000)
+    service = WyomingService(tts, scheduler, build_info(tts, "en"), "en", config=config)
+    port = free_port()
+
+    async def go():
+        server = AsyncTcpServer("127.0.0.1", port)
+        await server.start(partial(SpeechHandler, service))
+        try:
+            client = AsyncTcpClient("127.0.0.1", port)
+            await client.connect()
+            await client.write_event(SynthesizeStart().event())
+            await client.write_event(SynthesizeChunk(text=FIRST + SECOND[:4]).event())
+            await collect(client, "audio-chunk")
+            busy = scheduler.stats()["active"]
+            client._writer.transport.abort()  # gone, without a word
+            for _ in range(100):
+                if scheduler.stats()["active"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            return busy, scheduler.stats()["active"]
+        finally:
+            await server.stop()
+
+    try:
+        busy, after = run(go())
+    finally:
+        scheduler.close()
+    assert busy == 1 and after == 0

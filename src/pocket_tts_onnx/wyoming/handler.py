@@ -231,7 +231,10 @@ class SpeechHandler(AsyncEventHandler):
             self._failed = True
             logger.warning("synthesis failed: %s", e)
             await self._error(str(e), _request_error(e).code)
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:  # the client left; the read loop ends the connection
+            self._failed = True
+            return
+        except asyncio.CancelledError:
             raise
         except Exception:  # a bug: logged in full, the client gets a short error
             self._failed = True

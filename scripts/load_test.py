@@ -80,14 +80,10 @@ def start_server(args, bundle: Path, port: int, log) -> subprocess.Popen:
         "--no-web",
         "--precision",
         args.precision,
-        "--scheduler",
-        args.scheduler,
         "--max-streams",
         str(args.max_streams),
         "--max-queue",
         str(args.max_queue),
-        "--max-frames-limit",
-        str(max(args.frames, 1)),
         "--log-level",
         "warning",
     ]
@@ -246,7 +242,6 @@ def main(argv=None) -> int:
     p.add_argument("--levels", default="1,2,4,8,16", help="concurrent clients per level")
     p.add_argument("--frames", type=int, default=125, help="frames per stream (12.5 per s)")
     p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
-    p.add_argument("--scheduler", choices=["auto", "batched", "threads"], default="auto")
     p.add_argument("--threads", type=int, help="server --threads")
     p.add_argument("--max-streams", type=int, default=16)
     p.add_argument("--max-queue", type=int, default=64)
@@ -269,7 +264,7 @@ def main(argv=None) -> int:
         status = client.health(port)
         rate = status["model"]["sample_rate"]
         print(
-            f"server pid {proc.pid}, scheduler {status['scheduler']['kind']}, port {port}",
+            f"server pid {proc.pid}, port {port}",
             flush=True,
         )
         one_stream(port, min(args.frames, 12), 0, rate, args.timeout)  # warm-up
@@ -293,7 +288,6 @@ def main(argv=None) -> int:
     report = {
         "bundle": str(bundle),
         "random_weights": status["model"]["random_weights"],
-        "scheduler": status["scheduler"]["kind"],
         "precision": args.precision,
         "frames_per_stream": args.frames,
         "cpu_count": os.cpu_count(),

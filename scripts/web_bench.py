@@ -80,6 +80,7 @@ def _optimized_copy(bundle: Path, level: str) -> Path:
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     }
     for graph in manifest["graphs"].values():
+        graph.pop("external", None)  # ORT saves the optimized graph with its weights inline
         for file in graph["files"].values():
             options = ort.SessionOptions()
             options.graph_optimization_level = levels[level]
@@ -90,7 +91,7 @@ def _optimized_copy(bundle: Path, level: str) -> Path:
     import numpy as np
 
     main = manifest["graphs"]["flow_lm_main"]
-    model_id = main["sha256"][main["files"]["fp32"]]
+    model_id = manifest.get("model_id") or main["sha256"][main["files"]["fp32"]]
     for voice in manifest.get("voices", {}).values():
         with np.load(bundle / voice["file"]) as npz:
             arrays = {k: npz[k] for k in npz.files}

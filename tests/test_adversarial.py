@@ -65,6 +65,11 @@ def test_scheduler_limits_are_typed_errors(bundle):
     scheduler = BatchScheduler(tts, max_streams=2, max_chunk_tokens=64)
     with scheduler, pytest.raises(InvalidInputError, match="max_chunk_tokens"):
         scheduler.submit("a" * 2000)  # one word: the chunker cannot split it
+    with BatchScheduler(tts, max_streams=1) as scheduler:
+        # 3,500+ characters of words without a full stop: cut at words, not refused.
+        words = " ".join(f"word{i % 97}" if i % 5 else "and" for i in range(900))
+        stream = scheduler.submit(words, NO_VOICE, max_frames=1)
+        stream.cancel()
 
 
 def test_a_reader_that_stops_reading_has_bounded_buffered_audio(bundle):
@@ -78,7 +83,8 @@ def test_a_reader_that_stops_reading_has_bounded_buffered_audio(bundle):
             time.sleep(0.01)  # until it runs
         while scheduler.stats()["active"] and time.monotonic() < deadline:
             time.sleep(0.05)  # not reading: the scheduler stops the stream, freeing its row
-        assert scheduler.stats() == {"active": 0, "waiting": 0}
+        stats = scheduler.stats()
+        assert (stats["active"], stats["waiting"], stats["kv_rows"]) == (0, 0, 0)
         with pytest.raises(QueueFullError, match="not read"):
             list(stream)
 

@@ -12,6 +12,7 @@ import soundfile as sf
 
 from pocket_tts_onnx.errors import InvalidInputError, VoiceError
 from pocket_tts_onnx.runtime.audio import (
+    decode_audio,
     end_on_pause,
     fade_in,
     prepare_voice_audio,
@@ -247,14 +248,80 @@ def test_read_errors_name_the_file(tmp_path):
         read_audio(missing)
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(b"not audio at all" * 10)
-    with pytest.raises(VoiceError, match="garbage.wav"):
+    with pytest.raises(VoiceError, match="garbage.wav") as info:
         read_audio(garbage)
+    assert ".. " not in str(info.value)  # libsndfile's full stop is not doubled
     with pytest.raises(VoiceError, match="not a file"):
         read_audio(tmp_path)
     empty = tmp_path / "empty.wav"
     sf.write(empty, np.zeros((0, 1), np.float32), 16_000, subtype="PCM_16")
     with pytest.raises(VoiceError, match="empty.wav.*no samples"):
         read_audio(empty)
+
+
+def _silent_flac(target, seconds: int, rate: int = 48_000, channels: int = 2) -> None:
+    """A FLAC of silence: a few hundred kB that decode to `seconds` of float32 audio."""
+    block = np.zeros((rate, channels), np.float32)
+    with sf.SoundFile(target, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(seconds):
+            f.write(block)
+
+
+def test_compressed_bomb_decodes_only_what_is_used(tmp_path):
+    """10 minutes of stereo silence (~0.2 MB of FLAC) would decode to 230 MB of float32;
+    only the 30 s a truncated prompt uses may be decoded."""
+    import io
+    import tracemalloc
+
+    path = tmp_path / "bomb.flac"
+    _silent_flac(path, 600)
+    assert path.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        mono, rate = read_audio(path, max_seconds=30)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        from_bytes, _ = decode_audio(io.BytesIO(path.read_bytes()), "voice_wav", 30)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rate == 48_000 and mono.shape[0] >= 30 * rate and mono.shape[0] <= 30 * rate + 1
+    np.testing.assert_array_equal(mono, from_bytes)
+    assert peak < 40e6 and peak_bytes < 40e6, (peak, peak_bytes)
+
+
+def test_untruncated_read_is_bounded(tmp_path, monkeypatch):
+    import pocket_tts_onnx.runtime.audio as audio_mod
+
+    path = tmp_path / "long.flac"
+    _silent_flac(path, 3, rate=8_000, channels=1)
+    monkeypatch.setattr(audio_mod, "MAX_DECODED_SAMPLES", 2 * 8_000)
+    with pytest.raises(VoiceError, match="longer than a voice prompt may be .16000 samples"):
+        read_audio(path)
+    assert read_audio(path, max_seconds=1)[0].shape[0] == 8_000  # truncating is fine
+
+
+def test_blockwise_mixdown_equals_whole_file(tmp_path, monkeypatch):
+    import pocket_tts_onnx.runtime.audio as audio_mod
+
+    rng = np.random.default_rng(9)
+    data = rng.uniform(-0.9, 0.9, size=(5_000, 3)).astype(np.float32)
+    path = tmp_path / "three.wav"
+    sf.write(path, data, 16_000, subtype="FLOAT")
+    whole, _ = read_audio(path)
+    monkeypatch.setattr(audio_mod, "_BLOCK_SAMPLES", 999)  # many small blocks
+    np.testing.assert_array_equal(read_audio(path)[0], whole)
+    np.testing.assert_array_equal(whole, data.mean(axis=1, dtype=np.float32))
+
+
+def test_decode_error_is_one_clean_sentence():
+    import io
+
+    with pytest.raises(VoiceError) as info:
+        decode_audio(io.BytesIO(b"not audio" * 50), "voice_wav")
+    message = str(info.value)
+    assert "BytesIO" not in message and "0x" not in message and ".. " not in message
+    assert message.startswith("cannot read voice_wav: ")
 
 
 # --- fade_in / write_wav -----------------------------------------------------------------
@@ -384,3 +451,15 @@ def test_upstream_safetensors_errors(tmp_path):
     safetensors.torch.save_file({"m/x": torch.zeros(3, dtype=torch.bfloat16)}, str(bf16))
     with pytest.raises(VoiceError, match="bf16.safetensors.*BF16"):
         load_upstream_voice_safetensors(bf16)
+
+
+def test_prompt_duration_is_bounded_at_any_rate(tmp_path):
+    """A 1 Hz 'recording' of 100k samples is 28 hours: resampled to the model's rate it
+    would be 2.4e9 samples. Refused by duration, from a file or from memory."""
+    path = tmp_path / "slow.wav"
+    sf.write(path, np.full(100_000, 0.1, np.float32), 1, subtype="PCM_16")
+    with pytest.raises(VoiceError, match="longer than a voice prompt may be"):
+        read_audio(path)
+    assert read_audio(path, max_seconds=30)[0].shape[0] == 30  # truncation is fine
+    with pytest.raises(VoiceError, match="at most 600 s"):
+        prepare_voice_audio(np.full(100_000, 0.1, np.float32), 1, TARGET)

@@ -83,7 +83,7 @@ def test_default_voice_needs_the_bundle_folder(voiced_bundle):
     bundle, _ = voiced_bundle
     loaded = PocketTTSOnnx.load(bundle, precision="fp32")
     sessions = {n: loaded.graphs[n].session for n in ("text_conditioner", "mimi_encoder",
-                "flow_lm_main", "flow_lm_flow", "mimi_decoder")}  # fmt: skip
+                "flow_lm_step", "flow_lm_flow", "mimi_decoder_batched")}  # fmt: skip
     bare = PocketTTSOnnx.from_sessions(loaded.manifest, sessions, loaded.tokenizer)
     with pytest.raises(VoiceError, match="bundle="):
         bare.generate(TEXT)
@@ -142,3 +142,13 @@ def test_malformed_upstream_voice_files(lsd_bundle, voice_audio, tmp_path):
         save_file({**flat, **change}, str(tmp_path / f"{name}.safetensors"))
         with pytest.raises(VoiceError, match=module):
             tts.load_voice(tmp_path / f"{name}.safetensors")
+
+
+def test_unknown_voice_name_hints_at_case(voiced_bundle):
+    bundle, _ = voiced_bundle
+    tts = PocketTTSOnnx.load(bundle, precision="fp32")
+    with pytest.raises(VoiceError, match=r"did you mean 'tester'\? \(names are case-sensitive\)"):
+        tts.generate(TEXT, "TESTER", max_frames=2)
+    with pytest.raises(VoiceError) as info:
+        tts.generate(TEXT, "nobody", max_frames=2)
+    assert "did you mean" not in str(info.value) and "tester" in str(info.value)

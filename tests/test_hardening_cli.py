@@ -23,7 +23,7 @@ from pocket_tts_onnx.export.loading import DEMO_DIR
 from pocket_tts_onnx.runtime.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-NO_BUNDLE = "/nonexistent/bundle"  # errors below must come before the bundle is even opened
+# Errors below come after the (cheap) bundle check, before the model is loaded.
 
 
 def _one_line_error(capsys, code: int) -> str:
@@ -35,26 +35,28 @@ def _one_line_error(capsys, code: int) -> str:
 
 
 @pytest.mark.parametrize("command", ["say", "voice"])
-def test_out_is_checked_before_any_work(tmp_path, capsys, command):
+def test_out_is_checked_before_any_work(serve_bundle, tmp_path, capsys, command):
     first = ["say", "Hello."] if command == "say" else ["voice", str(tmp_path / "ref.wav")]
     missing = tmp_path / "no_such_folder" / "x.out"
-    line = _one_line_error(capsys, main([*first, "--bundle", NO_BUNDLE, "--out", str(missing)]))
+    bundle = str(serve_bundle)
+    line = _one_line_error(capsys, main([*first, "--bundle", bundle, "--out", str(missing)]))
     assert "no_such_folder does not exist" in line
-    line = _one_line_error(capsys, main([*first, "--bundle", NO_BUNDLE, "--out", str(tmp_path)]))
+    line = _one_line_error(capsys, main([*first, "--bundle", bundle, "--out", str(tmp_path)]))
     assert "is a directory" in line
 
 
-def test_text_file_not_utf8(tmp_path, capsys):
+def test_text_file_not_utf8(serve_bundle, tmp_path, capsys):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9 au lait".encode("latin-1"))
-    code = main(["say", "--text-file", str(bad), "--bundle", NO_BUNDLE, "--out", "o.wav"])
+    out = str(tmp_path / "o.wav")
+    code = main(["say", "--text-file", str(bad), "--bundle", str(serve_bundle), "--out", out])
     line = _one_line_error(capsys, code)
     assert "latin1.txt is not valid UTF-8" in line and "0xe9" in line
 
 
-def test_stdin_not_utf8(tmp_path):
+def test_stdin_not_utf8(serve_bundle, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pocket_tts_onnx.cli", "say", "--bundle", NO_BUNDLE,
+        [sys.executable, "-m", "pocket_tts_onnx.cli", "say", "--bundle", str(serve_bundle),
          "--out", str(tmp_path / "o.wav")],
         input=b"caf\xe9\n",
         capture_output=True,

@@ -41,6 +41,35 @@ def test_ci_runs_the_quick_start_verbatim():
     assert steps == [], f".ci/run installs outside the README's line: {steps}"
 
 
+def test_readme_shows_the_environment_ci_sets():
+    """Whatever .ci/run exports before the quick start is part of what CI runs: the README
+    shows it, so "verbatim" stays true."""
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    before = ci.split(_quick_start()[0], 1)[0]
+    for name, value in re.findall(r"^export (\w+)=(\S+)", before, re.M):
+        assert f"export {name}={value}" in readme, name
+
+
+def test_readme_makes_no_duration_claim_ci_cannot_keep():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "under a minute" not in readme  # the suite takes minutes on 2 cores
+
+
+def test_readme_examples_leave_nothing_untracked_in_the_clone():
+    """Every file the README's commands and Python example write into the current folder is
+    ignored by git."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    written = set(re.findall(r"--out ([\w.-]+)", readme))
+    written |= set(re.findall(r"-o ([\w.-]+)", readme))
+    written |= set(re.findall(r'(?:write_wav|write_audio)\("([\w.-]+)"', readme))
+    written |= set(re.findall(r'\.save\("([\w.-]+)"\)', readme))
+    assert {"hello.wav", "voice.npz"} <= written
+    ignored = set((REPO / ".gitignore").read_text(encoding="utf-8").splitlines())
+    missing = sorted(name for name in written if f"/{name}" not in ignored)
+    assert not missing, f"README examples write {missing} into the clone; ignore them"
+
+
 def test_license_is_an_spdx_string():
     if sys.version_info < (3, 11):
         import pytest

@@ -168,14 +168,32 @@ def test_stream_equals_generate_and_starts_early(lsd_bundle, voice_audio):
     assert not np.array_equal(other_seed[: len(whole)], whole[: len(other_seed)])
 
 
-def test_closing_the_stream_stops_the_worker(lsd_bundle):
+def test_closing_the_stream_frees_its_row_and_close_stops_the_threads(lsd_bundle):
+    import gc
+
+    gc.collect()  # engines of earlier tests that nobody holds stop their threads now
     tts = PocketTTSOnnx.load(lsd_bundle.bundle, precision="fp32")
     before = threading.active_count()
     stream = tts.stream(MULTI_CHUNK, eos_threshold=float("inf"), max_frames=2000)
     next(stream)
-    start = time.perf_counter()
+    scheduler = tts._engine_scheduler()
+    assert scheduler.stats()["active"] == 1
     stream.close()
-    assert time.perf_counter() - start < 5
+    deadline = time.perf_counter() + 5
+    while scheduler.stats()["active"] and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert scheduler.stats()["active"] == 0 and scheduler.stats()["kv_rows"] == 0
+    tts.close()  # the engine's two threads (flow LM, Mimi) end with it
+    assert threading.active_count() == before
+    del tts, scheduler, stream
+    engine = PocketTTSOnnx.load(lsd_bundle.bundle, precision="fp32")
+    engine.generate(ONE_CHUNK, seed=0)
+    assert threading.active_count() == before + 2
+    del engine  # an engine nobody holds stops its threads too
+    gc.collect()
+    deadline = time.perf_counter() + 5
+    while threading.active_count() > before and time.perf_counter() < deadline:
+        time.sleep(0.01)
     assert threading.active_count() == before
 
 
@@ -243,6 +261,9 @@ def test_public_api_is_pinned():
             "QueueFullError",  # the batch scheduler's "retry later"
             "BatchScheduler",  # continuous batching of many streams
             "BatchStream",
+            # additions: one generation core (typed per-stream failure, text streams)
+            "GenerationError",
+            "TextStream",
             "PocketTTSOnnxError",
             "UnsupportedVersionError",
             "VerificationError",
@@ -272,6 +293,10 @@ def test_public_api_is_pinned():
         "fade_in_ramp",
         "text_chunks",
         "generate_batch",
+        # additions: incremental text, the scheduler's narrow core, stopping the threads
+        "open_stream",
+        "core",
+        "close",
     }
 
 
@@ -364,6 +389,8 @@ def test_bundle_errors(lsd_bundle, tmp_path):
     manifest = json.loads((no_int8 / "manifest.json").read_text())
     for g in manifest["graphs"].values():
         del g["files"]["int8"]
+        g["external"].pop("int8", None)
+    manifest["precisions"] = ["fp32"]  # what an export without --quantize writes
     (no_int8 / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="--quantize"):
         PocketTTSOnnx.load(no_int8, precision="int8")

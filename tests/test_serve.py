@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 
 from pocket_tts_onnx import PocketTTSOnnx
+from pocket_tts_onnx.runtime.encoding import pcm16
 from pocket_tts_onnx.serve import client
-from pocket_tts_onnx.serve.encoding import pcm16
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -56,26 +56,9 @@ def voices_dir(tmp_path_factory, tts):
     return folder
 
 
-def _batched_available(bundle) -> bool:
-    try:
-        from pocket_tts_onnx.runtime.batching import BatchScheduler
-    except ImportError:
-        return False
-    tts = PocketTTSOnnx.load(bundle, precision="int8")
-    try:
-        BatchScheduler(tts, max_streams=1, max_queue=1).close()
-    except Exception:
-        return False
-    return True
-
-
-@pytest.fixture(scope="module", params=["threads", "batched"])
-def server(request, serve_bundle, voices_dir, tmp_path_factory):
-    """The server with each generation backend: the thread-per-stream fallback, and batched
-    generation when this runtime and bundle have it."""
-    kind = request.param
-    if kind == "batched" and not _batched_available(serve_bundle):
-        pytest.skip("no batched scheduler for this bundle")
+@pytest.fixture(scope="module")
+def server(serve_bundle, voices_dir, tmp_path_factory):
+    """The server (the engine's one batch scheduler) in a subprocess."""
     port = client.free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
     args = [
@@ -90,8 +73,6 @@ def server(request, serve_bundle, voices_dir, tmp_path_factory):
         "--voices-dir",
         str(voices_dir),
         "--no-web",
-        "--scheduler",
-        kind,
         "--log-level",
         "warning",
     ]
@@ -101,7 +82,7 @@ def server(request, serve_bundle, voices_dir, tmp_path_factory):
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     try:
         client.wait_healthy(port, proc)
-        assert client.health(port)["scheduler"]["kind"] == kind
+        assert client.health(port)["scheduler"]["alive"] is True
         yield port
     finally:
         proc.terminate()

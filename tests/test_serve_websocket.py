@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from pocket_tts_onnx import PocketTTSOnnx
+from pocket_tts_onnx.runtime.encoding import pcm16
 from pocket_tts_onnx.serve import client
-from pocket_tts_onnx.serve.encoding import pcm16
 
 pytest.importorskip("fastapi")
 websockets = pytest.importorskip("websockets")

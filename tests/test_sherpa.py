@@ -255,6 +255,33 @@ def test_sherpa_runs_the_bundle_with_voice_cloning(sherpa_bundle, precision, voi
 
 
 @needs_sherpa
+def test_sherpa_runs_an_int8_only_bundle(sherpa_bundle, voice_audio, tmp_path):
+    """`export --precision int8`: sherpa-onnx opens the INT8 files the manifest names (the
+    contract graphs, self-contained) with no FP32 file in the bundle."""
+    from pocket_tts_onnx.export.pipeline import export_bundle
+
+    bundle = tmp_path / "int8-only"
+    export_bundle(sherpa_bundle.source, bundle, precision="int8", verify=False)
+    manifest = Manifest.load(bundle)
+    assert manifest.precisions == ("int8",) and not list(bundle.glob("*[!8].onnx"))
+    ids = load_tokenizer(bundle / manifest.tokenizer.file, manifest.tokenizer.kind).encode(TEXTS[0])
+    (audio,), _, _ = run_sherpa(bundle, "int8", TEXTS[:1], voice_audio, tmp_path)
+    expected = replay_sherpa_protocol(
+        bundle,
+        precision="int8",
+        state_length=0,
+        voice_audio=voice_audio,
+        token_ids=ids,
+        steps=MAX_FRAMES,
+        decode_steps=manifest.defaults.decode_steps,
+        frames_after_eos=FRAMES_AFTER_EOS,
+    )
+    assert audio.shape == expected["audio"].shape and np.isfinite(audio).all()
+    rel = float(np.linalg.norm(audio - expected["audio"]) / np.linalg.norm(expected["audio"]))
+    assert rel <= 1e-3, f"int8-only: sherpa-onnx vs our replay, relative L2 {rel:.2e}"
+
+
+@needs_sherpa
 def test_sherpa_resamples_reference_audio(sherpa_bundle, voice_audio, tmp_path):
     low = voice_audio[::3].copy()  # 8 kHz reference: sherpa-onnx resamples it to 24 kHz
     (audio,), _, _ = run_sherpa(

@@ -645,6 +645,7 @@ def test_text_rules_are_immutable():
         {"replace_characters": ["a"]},
         {"max_tokens_per_chunk": 0},
         {"max_tokens_per_chunk": True},
+        {"max_tokens_per_chunk": 10**9},  # beyond MAX_CHUNK_TOKENS: no chunk limit at all
         ["not", "a", "dict"],
     ],
 )
@@ -784,3 +785,32 @@ def test_first_chunk_is_ready_before_the_rest_is_split(tokenizer_files):
     rest = list(chunks)
     assert [first, *rest] == text_to_chunk_tokens(text, tok, rules)
     assert len(rest) > 500 and tok.decoded_tokens > 50_000
+
+
+def test_long_unpunctuated_text_is_cut_at_words(tokenizer_pair):
+    """3,500+ characters of words without a full stop: upstream keeps one chunk of over
+    1,024 tokens (refused by the batch scheduler, far beyond a training sentence). Pieces
+    that long are cut at word boundaries into runs within the chunk limit; every word is
+    kept, in order, and shorter text still splits exactly as upstream."""
+    from pocket_tts_onnx.text import MAX_CHUNK_TOKENS
+
+    ours, upstream = tokenizer_pair
+    rules = RULES["english"]
+    words = [f"word{i % 97}" if i % 5 else "and" for i in range(900)]
+    text = " ".join(words)
+    assert len(text) > 3_500
+    whole = len(ours.encode(text))
+    assert whole > MAX_CHUNK_TOKENS  # upstream's single chunk
+    assert len(_upstream_split(text, upstream, rules)) == 1
+    chunks = split_into_chunks(text, ours, rules)
+    assert len(chunks) > 1
+    limit = rules.max_tokens_per_chunk
+    assert max(len(ours.encode(c)) for c in chunks) <= limit + 2  # a word may re-tokenize
+    assert " ".join(chunks).replace(".", "").split() == (text[0].upper() + text[1:]).split()
+    # Clauses of such a text are cut the same way; a comma-split text under the cap is not.
+    with_commas = ", ".join(" ".join(words[i : i + 300]) for i in range(0, 900, 300))
+    assert max(len(ours.encode(c)) for c in split_into_chunks(with_commas, ours, rules)) <= (
+        limit + 2
+    )
+    short = " ".join(words[:60])
+    assert split_into_chunks(short, ours, rules) == _upstream_split(short, upstream, rules)

@@ -69,6 +69,9 @@ def _node(script: str, *args: str, timeout: float) -> dict | list:
 # ------------------------------------------------------------------------------ token ids
 
 _CORPUS = [
+    # Words without a full stop, far over MAX_CHUNK_TOKENS: cut at word boundaries.
+    " ".join(f"word{i % 97}" if i % 5 else "and" for i in range(900)),
+    ", ".join(" ".join(f"w{i}x{j}" for j in range(300)) for i in range(3)),
     "Hello world.",
     "hello world",
     "Hi",
@@ -481,6 +484,65 @@ def test_js_fast_kv_matches_contract_graph_and_python(node_engine_runs, engine, 
             assert step.shape == contract.shape and np.abs(step - contract).max() <= 1e-5
             _assert_close(step, engine.generate(text, voice, temperature=0.0))
     assert runs["voiceStates"] and max(runs["voiceStates"].values()) <= 1e-5, runs["voiceStates"]
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(tmp_path_factory) -> Path:
+    """The demo model exported with `--precision int8`: INT8 graphs only."""
+    from pocket_tts_onnx.export.loading import ModelSource
+    from pocket_tts_onnx.export.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("web-int8-only") / "bundle"
+    export_bundle(ModelSource(demo=True), out, precision="int8", verify=False)
+    return out
+
+
+def test_js_loads_an_int8_only_bundle(int8_bundle, tmp_path):
+    """The JS engine opens an INT8-only bundle (flow_lm_step reading its weights from
+    flow_lm_main_int8.onnx), accepts its voice by the recorded model id, matches the Python
+    engine, and refuses FP32 with a readable error."""
+    from pocket_tts_onnx import PocketTTSOnnx
+
+    manifest = _manifest(int8_bundle)
+    voice = manifest["default_voice"]
+    plan = {
+        "bundle": str(int8_bundle),
+        "precision": "int8",
+        "outDir": str(tmp_path),
+        "texts": {"short": TEXT},
+        "voices": {voice: str(int8_bundle / manifest["voices"][voice]["file"])},
+    }  # engine.mjs loads the voice with its model id checked
+    (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    runs = _node("engine.mjs", str(tmp_path / "plan.json"), timeout=120)
+    assert runs["fastKv"] is True
+    python = PocketTTSOnnx.load(int8_bundle, precision="int8")
+    voice_file = int8_bundle / manifest["voices"][voice]["file"]
+    want = python.generate(TEXT, python.load_voice(voice_file), temperature=0.0)
+    for mode in ("step", "contract"):
+        _assert_close(np.fromfile(tmp_path / f"{mode}_short_{voice}.f32", dtype="<f4"), want)
+    script = f"""
+    import {{ readFileSync }} from "node:fs";
+    import {{ pathToFileURL, fileURLToPath }} from "node:url";
+    import {{ PocketTTS }} from "./src/pocket-tts.js";
+    globalThis.fetch = async (url) => new Response(readFileSync(fileURLToPath(url)));
+    try {{
+      await PocketTTS.load(pathToFileURL({json.dumps(str(int8_bundle))}).href + "/",
+        {{ precision: "fp32" }});
+      console.log(JSON.stringify({{ error: null }}));
+    }} catch (e) {{
+      console.log(JSON.stringify({{ error: `${{e.name}}: ${{e.message}}` }}));
+    }}
+    """
+    proc = subprocess.run(
+        [NODE, "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=WEB,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    error = json.loads(proc.stdout)["error"]
+    assert error and error.startswith("BundleError: this bundle has int8 graphs only, no fp32")
 
 
 # ------------------------------------------------------------------------------ the page

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from pocket_tts_onnx import PocketTTSOnnx
+from pocket_tts_onnx.runtime.encoding import pcm16
 from pocket_tts_onnx.serve.client import free_port
-from pocket_tts_onnx.serve.encoding import pcm16
 
 pytest.importorskip("wyoming")
 from wyoming.client import AsyncTcpClient  # noqa: E402
@@ -110,11 +110,13 @@ async def collect(client, until: str) -> tuple[list[Event], bytes]:
             return events, audio
 
 
-def assert_engine_audio(audio: bytes, reference: np.ndarray) -> None:
+def assert_engine_audio(audio: bytes, reference: np.ndarray, batch_mates: bool = False) -> None:
     got = np.frombuffer(audio, "<i2")
     assert got.shape == reference.shape
-    # Batched calls round floats differently from generate(): at most one 16-bit step.
-    assert np.abs(got.astype(np.int32) - reference).max() <= 1
+    # Alone, a stream is the engine's batch of one: within 16-bit rounding (one step). With
+    # other streams in its batch, model calls round differently: the batch parity bound
+    # (max |delta| <= 1e-4 = 3.3 steps) plus one step of rounding.
+    assert np.abs(got.astype(np.int32) - reference).max() <= (4 if batch_mates else 1)
 
 
 def test_describe_lists_one_streaming_program_with_the_bundle_voices(port, tts):
@@ -259,7 +261,7 @@ def test_eight_concurrent_streaming_clients(port, reference):
         return await asyncio.gather(*(one() for _ in range(8)))
 
     for audio in run(many()):
-        assert_engine_audio(audio, reference)
+        assert_engine_audio(audio, reference, batch_mates=True)
 
 
 @pytest.mark.parametrize(
@@ -303,11 +305,12 @@ def test_disconnect_mid_stream_frees_its_row(tts):
 
     from wyoming.server import AsyncTcpServer
 
+    from pocket_tts_onnx.serve.limits import ServeConfig
     from pocket_tts_onnx.serve.scheduler import make_scheduler
     from pocket_tts_onnx.wyoming.handler import SpeechHandler, WyomingService
     from pocket_tts_onnx.wyoming.info import build_info
 
-    scheduler, _ = make_scheduler(tts, 2, 2)
+    scheduler = make_scheduler(tts, ServeConfig(max_streams=2, max_queue=2))
     # EOS off and 5000 frames: only a cancel can end this stream within the test.
     config = tts.generation_config(seed=SEED, eos_threshold=1e9, max_frames=5000)
     service = WyomingService(tts, scheduler, build_info(tts, "en"), "en", config=config)

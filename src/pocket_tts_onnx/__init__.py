@@ -7,6 +7,7 @@ The package root is the torch-free runtime API; the exporter lives in
 from pocket_tts_onnx.errors import (
     BundleError,
     ExportError,
+    GenerationError,
     InvalidInputError,
     ModelSourceError,
     NonFiniteError,
@@ -17,7 +18,7 @@ from pocket_tts_onnx.errors import (
     VoiceError,
 )
 from pocket_tts_onnx.manifest import Manifest
-from pocket_tts_onnx.runtime.batching import BatchScheduler, BatchStream
+from pocket_tts_onnx.runtime.batching import BatchScheduler
 from pocket_tts_onnx.runtime.engine import (
     NO_VOICE,
     AudioChunk,
@@ -25,6 +26,7 @@ from pocket_tts_onnx.runtime.engine import (
     PocketTTSOnnx,
     Voice,
 )
+from pocket_tts_onnx.runtime.streams import BatchStream, TextStream
 
 __version__ = "0.1.0"
 
@@ -35,6 +37,7 @@ __all__ = [
     "BundleError",
     "ExportError",
     "GenerationConfig",
+    "GenerationError",
     "InvalidInputError",
     "Manifest",
     "ModelSourceError",
@@ -43,6 +46,7 @@ __all__ = [
     "PocketTTSOnnx",
     "PocketTTSOnnxError",
     "QueueFullError",
+    "TextStream",
     "UnsupportedVersionError",
     "VerificationError",
     "Voice",

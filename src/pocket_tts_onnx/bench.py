@@ -34,9 +34,7 @@ from pocket_tts_onnx.bench_report import (
 )
 
 DEFAULT_CONTENDERS = (*UPSTREAM_CONTENDERS, "fp32", "int8")
-# Our engine uses the fast-KV variant (flow_lm_step) when the bundle has it; "-contract"
-# forces the contract graph flow_lm_main, to compare the two paths in one run.
-CONTENDERS = (*DEFAULT_CONTENDERS, "fp32-contract", "int8-contract")
+CONTENDERS = DEFAULT_CONTENDERS
 TEXT = "This is a benchmark of streaming speech synthesis on a small computer."
 SOAK_TEXT = " ".join(
     f"Paragraph {i} goes on about the weather, the river and the garden in the morning."
@@ -47,35 +45,53 @@ STEPS = 20
 
 def add_arguments(parser) -> None:
     src = parser.add_argument_group("model (random weights of this architecture by default)")
-    src.add_argument("--language", default="english", help="shipped config to benchmark")
-    src.add_argument("--config", type=Path, help="custom config instead of --language")
     src.add_argument(
-        "--weights", type=Path, help="real safetensors weights for --language or --config"
+        "--language", default="english", help="shipped config to benchmark (default: english)"
+    )
+    src.add_argument(
+        "--config", type=Path, help="custom config instead of --language (default: none)"
+    )
+    src.add_argument(
+        "--weights",
+        type=Path,
+        help="real safetensors weights for --language or --config (default: random weights)",
     )
     src.add_argument(
         "--bundle", type=Path, help="existing bundle of the same model (default: export one)"
     )
-    src.add_argument("--demo", action="store_true", help="the tiny demo model (smoke test)")
-    parser.add_argument("--frames", type=int, default=150, help="frames per run (12.5 per s)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per contender (median)")
+    src.add_argument(
+        "--demo", action="store_true", help="the tiny demo model (smoke test) (default: off)"
+    )
+    parser.add_argument(
+        "--frames", type=int, default=150, help="frames per run, 12.5 per s (default: 150)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs per contender, median reported (default: 3)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="intra-op threads for every contender (upstream's default is 1)",
+        help="intra-op threads for every contender, as upstream (default: 1)",
     )
     parser.add_argument(
         "--soak-minutes",
         type=float,
         default=10.0,
-        help="minutes of audio streamed by the INT8 engine for the RSS check (0 skips it)",
+        help="minutes of audio streamed by the INT8 engine for the RSS check, 0 skips it "
+        "(default: 10.0)",
     )
     parser.add_argument(
         "--contenders",
         default=",".join(DEFAULT_CONTENDERS),
-        help=f"comma list of {', '.join(CONTENDERS)}",
+        help=f"comma list of {', '.join(CONTENDERS)} (default: {','.join(DEFAULT_CONTENDERS)})",
     )
-    parser.add_argument("--output", type=Path, default=Path("bench-results"))
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("bench-results"),
+        help="folder for the results JSON and report (default: bench-results)",
+    )
 
 
 def _source_dict(args) -> dict:
@@ -255,20 +271,19 @@ def _engine_worker(job: dict) -> dict:
 
     rng = np.random.default_rng(0)
     config = tts.generation_config(eos_threshold=inf)
-    flow_lm, sampler = tts.graphs["flow_lm_main"], tts.sampler
 
     def lm_step_ms(kv: int) -> float:
-        prompt = rng.standard_normal((1, kv, m.d_model)).astype(np.float32)
-        empty = np.zeros((1, 0, m.latent_dim), dtype=np.float32)
-        _, states = flow_lm.step({"sequence": empty, "text_embeddings": prompt}, tts.empty_state())
+        """The core's flow-LM step (fast-KV rows) plus the flow head, after a kv-long prompt."""
+        flow_lm = tts.core.flow_lm(rows=1)
+        flow_lm.buffers.reset(1, kv + STEPS + 1)
+        flow_lm.prompt(0, rng.standard_normal((1, kv, m.d_model)).astype(np.float32))
         x = np.full((1, 1, m.latent_dim), np.nan, dtype=np.float32)
-        no_text = np.zeros((1, 0, m.d_model), dtype=np.float32)
         times = []
         for _ in range(STEPS):
             t = _step_clock()
-            out, states = flow_lm.step({"sequence": x, "text_embeddings": no_text}, states)
-            latent = sampler.sample(
-                out["conditioning"], rng, config.temperature, config.noise_clamp, config.lsd_steps
+            cond, _ = flow_lm.step(x)
+            latent = tts.sampler.sample(
+                cond, rng, config.temperature, config.noise_clamp, config.lsd_steps
             )
             x = latent[:, None, :]
             times.append(_step_clock() - t)
@@ -292,58 +307,16 @@ def _engine_worker(job: dict) -> dict:
         mimi_times=times,
         frames=samples // m.samples_per_latent,
     )
-    result.update(_fastkv_lm_steps(tts, config))
     if job.get("soak_minutes"):
         result.update(_soak(tts, voice, job["soak_minutes"]))
     return result
 
 
 def _load_engine(job: dict):
-    """Our engine at the contender's precision; "-contract" builds it from the five contract
-    sessions only, so it runs flow_lm_main even when the bundle has the fast-KV variant."""
+    """Our engine at the contender's precision."""
     from pocket_tts_onnx import PocketTTSOnnx
-    from pocket_tts_onnx.specs import GRAPH_NAMES
 
-    precision, _, path = job["contender"].partition("-")
-    tts = PocketTTSOnnx.load(job["bundle"], precision=precision, threads=job["threads"])
-    if path != "contract":
-        return tts
-    sessions = {name: tts.graphs[name].session for name in GRAPH_NAMES}
-    return PocketTTSOnnx.from_sessions(tts.manifest, sessions, tts.tokenizer, job["bundle"])
-
-
-def _fastkv_lm_steps(tts, config) -> dict:
-    """Flow-LM step times through the fast-KV variant `flow_lm_step` (K/V rows kept in
-    preallocated buffers, only new rows returned), when the bundle has it."""
-    if "flow_lm_step" not in tts.graphs:  # older bundle, or a "-contract" contender
-        return {}
-    from pocket_tts_onnx.runtime.buffered_generation import run_step
-    from pocket_tts_onnx.runtime.kv_buffer import KVBuffers
-
-    m, graph, rng = tts.manifest, tts.graphs["flow_lm_step"], np.random.default_rng(0)
-    row = slice(0, 1)
-
-    def call(buffers, sequence, text) -> dict:
-        return run_step(graph, buffers, row, sequence, text)
-
-    def step_ms(kv: int) -> float:
-        buffers = KVBuffers(graph.spec, rows=1, capacity=kv + STEPS + 1)
-        prompt = rng.standard_normal((1, kv, m.d_model)).astype(np.float32)
-        call(buffers, np.zeros((1, 0, m.latent_dim), dtype=np.float32), prompt)
-        x = np.full((1, 1, m.latent_dim), np.nan, dtype=np.float32)
-        no_text = np.zeros((1, 0, m.d_model), dtype=np.float32)
-        times = []
-        for _ in range(STEPS):
-            t = _step_clock()
-            out = call(buffers, x, no_text)
-            latent = tts.sampler.sample(
-                out["conditioning"], rng, config.temperature, config.noise_clamp, config.lsd_steps
-            )
-            x = latent[:, None, :]
-            times.append(_step_clock() - t)
-        return _median_ms(times)
-
-    return {"lm_step_fastkv_ms": step_ms(KV_SHORT), "lm_step_fastkv_kv600_ms": step_ms(KV_LONG)}
+    return PocketTTSOnnx.load(job["bundle"], precision=job["contender"], threads=job["threads"])
 
 
 def _soak(tts, voice, minutes: float) -> dict:

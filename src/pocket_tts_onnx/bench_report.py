@@ -1,5 +1,5 @@
 """The benchmark's report: the machine it ran on, medians, ratios against both upstream
-contenders and issue 10's targets (pure Python + numpy, used by `pocket_tts_onnx.bench`)."""
+contenders and the project's targets (pure Python + numpy, used by `pocket_tts_onnx.bench`)."""
 
 from __future__ import annotations
 
@@ -84,9 +84,6 @@ METRICS = [
     ("lm_step_ms", f"flow-LM step incl. head, KV {KV_SHORT} (ms)", "{:.2f}"),
     ("lm_step_kv600_ms", f"flow-LM step incl. head, KV {KV_LONG} (ms)", "{:.2f}"),
     ("kv_growth", f"step time KV {KV_LONG} / KV {KV_SHORT}", "{:.2f}"),
-    ("lm_step_fastkv_ms", f"fast-KV step (flow_lm_step), KV {KV_SHORT} (ms)", "{:.2f}"),
-    ("lm_step_fastkv_kv600_ms", f"fast-KV step (flow_lm_step), KV {KV_LONG} (ms)", "{:.2f}"),
-    ("kv_growth_fastkv", f"fast-KV step time KV {KV_LONG} / KV {KV_SHORT}", "{:.2f}"),
     ("mimi_frame_ms", "Mimi decode per 80 ms frame (ms)", "{:.2f}"),
     ("peak_rss_mb", "peak RSS: load, voice, stream (MB)", "{:.0f}"),
 ]
@@ -101,8 +98,6 @@ def report(results: dict[str, list[dict]], meta: dict) -> tuple[str, dict]:
             if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None
         }
         med["kv_growth"] = med["lm_step_kv600_ms"] / med["lm_step_ms"]
-        if "lm_step_fastkv_ms" in med:
-            med["kv_growth_fastkv"] = med["lm_step_fastkv_kv600_ms"] / med["lm_step_fastkv_ms"]
         medians[contender] = med
     bases = [b for b in UPSTREAM_CONTENDERS if b in medians]
     ratios: dict[str, dict[str, float]] = {c: {} for c in medians} if bases else {}
@@ -146,13 +141,12 @@ def report(results: dict[str, list[dict]], meta: dict) -> tuple[str, dict]:
     return text, {"medians": medians, "ratios": ratios, "per_run": results, **meta}
 
 
-# Issue 10's targets: (contender, metric, comparison, bound, description).
+# The performance targets: (contender, metric, comparison, bound, description).
 TARGETS = [
     ("int8", "throughput_vs_upstream-int8", ">=", 3.0, "INT8 throughput >= 3x upstream-int8"),
     ("int8", "first_chunk_vs_upstream-int8", "<=", 1 / 3, "INT8 first chunk <= 1/3 upstream-int8"),
     ("fp32", "throughput_vs_upstream", ">=", 1.5, "FP32 throughput >= 1.5x upstream fp32"),
     ("int8", "kv_growth", "<=", 1.15, f"INT8 step KV {KV_LONG} / KV {KV_SHORT} <= 1.15x"),
-    ("int8", "kv_growth_fastkv", "<=", 1.15, "same, fast-KV step (flow_lm_step)"),
     ("int8", "peak_rss_vs_upstream-int8", "<=", 1 / 3, "INT8 peak RSS <= 1/3 upstream-int8"),
 ]
 
@@ -165,4 +159,4 @@ def _targets(medians: dict, ratios: dict) -> str:
             continue
         met = value >= bound if op == ">=" else value <= bound
         lines.append(f"- {label}: {value:.2f}x, {'met' if met else '**missed**'}")
-    return "\nTargets (issue 10):\n" + "\n".join(lines) + "\n" if lines else ""
+    return "\nTargets:\n" + "\n".join(lines) + "\n" if lines else ""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocket_tts_onnx.cli_options import add_generation_arguments, generation_overrides
 from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError
 
 
@@ -27,9 +28,13 @@ def _export_parser(sub) -> None:
         help="a config shipped with pocket-tts, e.g. english, french (default: english when "
         "no other source is given)",
     )
-    src.add_argument("--config", type=Path, help="a custom pocket-tts YAML config")
-    src.add_argument("--weights", type=Path, help="safetensors weights for --config")
-    src.add_argument("--checkpoint", type=Path, help="training checkpoint (.pt) for --config")
+    src.add_argument("--config", type=Path, help="a custom pocket-tts YAML config (default: none)")
+    src.add_argument(
+        "--weights", type=Path, help="safetensors weights for --config (default: none)"
+    )
+    src.add_argument(
+        "--checkpoint", type=Path, help="training checkpoint (.pt) for --config (default: none)"
+    )
     src.add_argument(
         "--random-init",
         action="store_true",
@@ -49,6 +54,12 @@ def _export_parser(sub) -> None:
     )
     p.add_argument("--quantize", action="store_true", help="also write INT8 graphs (default: off)")
     p.add_argument(
+        "--precision",
+        choices=["fp32", "int8", "fp32+int8"],
+        help="graphs to ship; int8 writes an INT8-only bundle, FP32 still exported and "
+        "verified, then left out (default: fp32, fp32+int8 with --quantize)",
+    )
+    p.add_argument(
         "--no-verify", action="store_true", help="skip the parity check (default: verify)"
     )
     p.add_argument(
@@ -66,12 +77,21 @@ _PRECISION_HELP = "graph precision; int8 needs an export with --quantize (defaul
 
 
 def _say_parser(sub) -> None:
-    p = sub.add_parser("say", help="synthesize speech to a WAV file")
+    p = sub.add_parser("say", help="synthesize speech to an audio file")
     p.add_argument("text", nargs="?", help="text to speak ('-' or omitted: stdin)")
-    p.add_argument("--text-file", type=Path, help="read the text from this UTF-8 file")
+    p.add_argument(
+        "--text-file",
+        type=Path,
+        help="read the text from this UTF-8 file (default: the text argument or stdin)",
+    )
     p.add_argument("--bundle", type=Path, default=Path("onnx"), help=_BUNDLE_HELP)
     p.add_argument(
-        "--out", type=Path, default=Path("out.wav"), help="WAV file to write (default: out.wav)"
+        "--out",
+        type=Path,
+        default=Path("out.wav"),
+        help="audio file to write; its suffix picks the format: .wav, .flac, .mp3, .opus/.ogg, "
+        ".pcm/.raw (16-bit, no header), as far as this machine's libsndfile encodes them "
+        "(default: out.wav)",
     )
     p.add_argument(
         "--voice",
@@ -83,23 +103,7 @@ def _say_parser(sub) -> None:
     p.add_argument(
         "--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's)"
     )
-    p.add_argument(
-        "--temperature", type=float, help="sampling temperature (default: the bundle manifest's)"
-    )
-    p.add_argument(
-        "--lsd-steps", type=int, help="flow-head decode steps (default: the bundle manifest's)"
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        help="random seed; with it the audio is bit-reproducible (generated in one pass, not "
-        "streamed) (default: none, a fresh draw per run)",
-    )
-    p.add_argument(
-        "--max-frames",
-        type=int,
-        help="latents per chunk (default: upstream's estimate from the text length)",
-    )
+    add_generation_arguments(p)
 
 
 def _voice_parser(sub) -> None:
@@ -122,7 +126,7 @@ def _voice_parser(sub) -> None:
 
 def _voices_parser(sub) -> None:
     p = sub.add_parser("voices", help="list the voices shipped in a bundle")
-    p.add_argument("--bundle", type=Path, default=Path("onnx"))
+    p.add_argument("--bundle", type=Path, default=Path("onnx"), help=_BUNDLE_HELP)
 
 
 def _bench_parser(sub) -> None:
@@ -147,7 +151,10 @@ def _wyoming_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pocket_tts_onnx import __version__
+
     parser = argparse.ArgumentParser(prog="pocket-tts-onnx", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _export_parser(sub)
     _say_parser(sub)
@@ -170,6 +177,10 @@ def _mb(path: Path) -> float:
 def _saved(fp32: float, int8: float) -> str:
     """Size saved by INT8 as a whole percentage; integer rounding never prints "-0%"."""
     return f"{round(100 * (1 - int8 / fp32)) if fp32 else 0}%"
+
+
+def _bundle_mb(bundle: Path) -> float:
+    return sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 1e6
 
 
 def run_export(args) -> None:
@@ -199,6 +210,7 @@ def run_export(args) -> None:
         verify=not args.no_verify,
         progress=_progress,
         voices=voices,
+        precision=args.precision,
     )
     by_graph = {r.graph: r for r in reports}
     w = max(18, *(len(name) + 2 for name in manifest.graphs))
@@ -207,18 +219,21 @@ def run_export(args) -> None:
         f"{'tol':>7}{'int8 relL2':>12}"
     )
     for name, entry in manifest.graphs.items():
-        fp32 = _mb(args.output / entry.files["fp32"])
-        int8 = _mb(args.output / entry.files["int8"]) if "int8" in entry.files else None
+        mb = {p: _mb(args.output / f) for p, f in entry.files.items()}  # variants: no weights
+        sizes = "".join(f"{mb[p]:>9.1f}" if p in mb else f"{'-':>9}" for p in ("fp32", "int8"))
+        saved = _saved(mb["fp32"], mb["int8"]) if len(mb) == 2 and not entry.external else "-"
         report = by_graph.get(name)
         err = f"{report.worst_fp32:.2e}" if report else "skipped"
         l2 = max(report.int8_rel_l2.values()) if report and report.int8_rel_l2 else None
         print(
-            f"{name:<{w}}{fp32:>9.1f}"
-            + (f"{int8:>9.1f}{_saved(fp32, int8):>7}" if int8 is not None else f"{'-':>9}{'-':>7}")
-            + f"{err:>11}{entry.spec.tolerance:>7.0e}"
+            f"{name:<{w}}{sizes}{saved:>7}{err:>11}{entry.spec.tolerance:>7.0e}"
             + (f"{l2:>12.2e}" if l2 is not None else f"{'-':>12}")
         )
-    print(f"\nbundle written to {args.output} in {time.perf_counter() - start:.1f} s")
+    kind = " + ".join(p.upper() for p in manifest.precisions)
+    print(
+        f"\nbundle written to {args.output} ({kind}, {_bundle_mb(args.output):.1f} MB) in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     if manifest.random_weights:
         print("NOTE: random weights - this bundle produces noise, not speech.")
 
@@ -286,49 +301,74 @@ def _write(path: Path, write) -> None:
 _AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
+def _out_format(path: Path, sample_rate: int):
+    """The encoding `--out`'s suffix asks for (no suffix: WAV), or a refusal listing the
+    suffixes this machine can write."""
+    from pocket_tts_onnx.runtime.encoding import SUFFIXES, supported_formats
+
+    formats = supported_formats(sample_rate)
+    name = SUFFIXES.get(path.suffix.lower(), None) if path.suffix else "wav"
+    if name not in formats:
+        usable = ", ".join(k for k, v in SUFFIXES.items() if v in formats)
+        raise InvalidInputError(
+            f"--out {path}: cannot write {path.suffix or 'this'} audio here; use one of {usable}"
+        )
+    return formats[name]
+
+
+def _voice_name(name: str, bundle: Path, names: list[str]) -> str:
+    """A bundle voice name as typed on the command line, or a refusal that says what to type."""
+    if name in names:
+        return name
+    same = [n for n in names if n.lower() == name.lower()]
+    hint = f"did you mean {same[0]!r}? (names are case-sensitive) " if same else ""
+    have = ", ".join(names) or "none"
+    raise InvalidInputError(
+        f"--voice {name}: no such voice in {bundle} and no such file; {hint}The bundle's "
+        f"voices: {have} (`pocket-tts-onnx voices --bundle {bundle}`). Or clone one from "
+        "audio: --voice prompt.wav, or use a saved voice: --voice voice.npz (`pocket-tts-onnx "
+        "voice prompt.wav`)"
+    )
+
+
 def run_say(args) -> None:
     from pocket_tts_onnx import PocketTTSOnnx
-    from pocket_tts_onnx.runtime.audio import write_wav
+    from pocket_tts_onnx.manifest import Manifest
+    from pocket_tts_onnx.runtime.audio import write_audio
+    from pocket_tts_onnx.runtime.config import GenerationConfig
 
+    manifest = Manifest.load(args.bundle)  # "not a bundle" before anything about --out
     _check_out(args.out, args.bundle)
+    fmt = _out_format(args.out, manifest.sample_rate)
     text = _read_text(args)
-    tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
+    config = GenerationConfig.from_manifest(manifest, **generation_overrides(args))
     voice = None  # None: the bundle's default voice, if it has one
     if args.voice is not None:
         suffix = args.voice.suffix.lower()
-        if suffix in (".npz", ".safetensors"):
+        if suffix not in (".npz", ".safetensors") and not (
+            args.voice.exists() or suffix in _AUDIO_SUFFIXES
+        ):  # a name from the bundle (`pocket-tts-onnx voices`)
+            voice = _voice_name(str(args.voice), args.bundle, sorted(manifest.voices))
+    tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
+    if args.voice is not None and voice is None:
+        if args.voice.suffix.lower() in (".npz", ".safetensors"):
             voice = tts.load_voice(args.voice)
-        elif args.voice.exists() or suffix in _AUDIO_SUFFIXES:
+        else:
             voice = tts.voice_from_audio(args.voice)
-        else:  # a name from the bundle (`pocket-tts-onnx voices`); unknown names list them
-            voice = str(args.voice)
-    options = dict(
-        temperature=args.temperature,
-        lsd_steps=args.lsd_steps,
-        seed=args.seed,
-        max_frames=args.max_frames,
-    )
     start = time.perf_counter()
     first = None
-    if args.seed is not None:
-        # Streaming decodes whatever latents are ready, so its Mimi call sizes (and the last
-        # float bits) depend on timing; one pass makes `--seed` bit-reproducible.
-        audio = tts.generate(text, voice, **options)
-    else:
-        pieces = []
-        for chunk in tts.stream(text, voice, **options):
-            first = first if first is not None else time.perf_counter() - start
-            pieces.append(chunk.samples)
-        audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    pieces = []
+    for chunk in tts.stream(text, voice, config=config):
+        first = first if first is not None else time.perf_counter() - start
+        pieces.append(chunk.samples)
+    audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     elapsed = time.perf_counter() - start
-    _write(args.out, lambda: write_wav(args.out, audio, tts.sample_rate))
+    _write(args.out, lambda: write_audio(args.out, audio, tts.sample_rate, fmt))
     duration = audio.shape[0] / tts.sample_rate
-    latency = (
-        f"first audio after {1000 * first:.0f} ms" if first is not None else "one pass: --seed"
-    )
+    latency = f", first audio after {1000 * first:.0f} ms" if first is not None else ""
     print(
         f"wrote {args.out}: {duration:.2f} s of audio in {elapsed:.2f} s "
-        f"({duration / max(elapsed, 1e-9):.1f}x realtime, {latency})"
+        f"({duration / max(elapsed, 1e-9):.1f}x realtime{latency})"
     )
     if tts.manifest.random_weights:
         print("NOTE: random-weight bundle - the audio is noise, not speech.")
@@ -336,7 +376,9 @@ def run_say(args) -> None:
 
 def run_voice(args) -> None:
     from pocket_tts_onnx import PocketTTSOnnx
+    from pocket_tts_onnx.manifest import Manifest
 
+    Manifest.load(args.bundle)  # "not a bundle" before anything about --out
     _check_out(args.out, args.bundle)
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision)
     start = time.perf_counter()

@@ -7,11 +7,20 @@ class PocketTTSOnnxError(Exception):
 
 
 class InvalidInputError(PocketTTSOnnxError, ValueError):
-    """A call argument (text, generation parameter, precision, ...) is not usable."""
+    """A call argument (text, generation parameter, precision, ...) is not usable. `param`
+    names it (a GenerationConfig field, "text", "voice", ...) so front ends can say which of
+    their own fields is at fault without reading the message."""
+
+    def __init__(self, message: str = "", param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class VoiceError(InvalidInputError):
     """A voice prompt (audio or precomputed voice file) cannot be used with this bundle."""
+
+    def __init__(self, message: str = "", param: str | None = "voice"):
+        super().__init__(message, param)
 
 
 class BundleError(PocketTTSOnnxError):
@@ -49,3 +58,8 @@ class QueueFullError(PocketTTSOnnxError):
 
 class NonFiniteError(InvalidInputError):
     """Generation produced NaN/Inf (e.g. an extreme temperature); the message names the cause."""
+
+
+class GenerationError(PocketTTSOnnxError):
+    """A model call failed for one stream (the runtime's fault, not the input's); the
+    scheduler ended that stream and keeps serving the others."""

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pocket_tts_onnx.errors import BundleError
-from pocket_tts_onnx.specs import FLOW_TIME_INPUTS, GRAPH_NAMES, GraphSpec
+from pocket_tts_onnx.specs import FLOW_TIME_INPUTS, GRAPH_NAMES, GraphSpec, spec_disagreement
 from pocket_tts_onnx.text import TextRules
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Schema 2 added the flow-LM position counter state, voices and file digests; graphs from a
-# schema-1 bundle lack the counter, so such bundles must be re-exported.
+# schema-1 bundle lack the counter, so such bundles must be re-exported. Schema 3 added
+# `precisions` (INT8-only bundles), `model_id` and graphs that read their weights from another
+# graph's file (`external`); a schema-2 reader would load those wrongly, so it must refuse them.
 MIN_SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "int8")
@@ -42,6 +45,56 @@ def resolve_in_bundle(directory: Path, name: str) -> Path:
             f"manifest names {name!r}, which is outside the bundle; re-export the bundle"
         )
     return Path(directory) / rel
+
+
+# Range of every number in manifest.json: (field, kind, lowest, highest, may be null). The
+# bounds are wide enough for any real model and narrow enough that a runtime cannot be made
+# to allocate, loop or divide without limit by a damaged or hostile manifest.
+_NUMBERS = (
+    ("sample_rate", int, 1_000, 384_000, False),
+    ("frame_rate", float, 0.1, 1_000.0, False),
+    ("samples_per_latent", int, 1, 1 << 20, False),
+    ("latent_dim", int, 1, 1 << 16, False),
+    ("d_model", int, 1, 1 << 16, False),
+    ("head_dim", int, 1, 1 << 16, False),
+    ("opset", int, 7, 100, False),
+    ("tokenizer.vocab_size", int, 1, 10_000_000, False),
+    ("defaults.temperature", float, 0.0, 100.0, False),
+    ("defaults.decode_steps", int, 1, 64, False),
+    ("defaults.noise_clamp", float, 0.0, 1e6, True),
+    ("defaults.eos_threshold", float, -1e9, 1e9, False),
+    ("defaults.frames_after_eos", int, 0, 10_000, True),
+    ("defaults.frames_after_eos_guess_offset", int, 0, 10_000, False),
+    ("defaults.min_frames_before_eos", int, 0, 10_000, False),
+    ("defaults.max_length_tokens_per_second", float, 0.01, 1_000.0, False),
+    ("defaults.max_length_padding_seconds", float, 0.0, 600.0, False),
+    ("defaults.fade_in_seconds", float, 0.0, 1.0, False),
+)
+
+
+def _check_numbers(d: dict) -> None:
+    """Range-check every number of a manifest dict; BundleError names the field."""
+    for name, kind, low, high, nullable in _NUMBERS:
+        section, _, leaf = name.rpartition(".")
+        where = d.get(section) if section else d
+        value = where.get(leaf) if isinstance(where, dict) else None
+        if value is None and nullable:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        whole = number and (kind is float or float(value).is_integer())
+        if not (whole and math.isfinite(value) and low <= value <= high):
+            what = "an integer" if kind is int else "a number"
+            raise BundleError(
+                f"manifest.json: {name} must be {what} from {low} to {high}"
+                + (" or null" if nullable else "")
+                + f", got {value!r}; re-export the bundle"
+            )
+    rate, frames, per = d["sample_rate"], d["frame_rate"], d["samples_per_latent"]
+    if abs(rate / per - frames) > 1e-6 * frames:
+        raise BundleError(
+            f"manifest.json: frame_rate {frames} disagrees with sample_rate / "
+            f"samples_per_latent ({rate} / {per}); re-export the bundle"
+        )
 
 
 @dataclass(frozen=True)
@@ -91,20 +144,44 @@ class SherpaOnnxFiles:
 class GraphEntry:
     spec: GraphSpec
     files: dict[str, str]  # precision -> file name
-    sha256: dict[str, str]  # file name -> digest
+    sha256: dict[str, str]  # file name -> digest (graph files and their external data files)
+    # precision -> the files whose bytes that graph file reads as ONNX external data (a
+    # variant reads its weights from its contract graph's file), in the graph file's folder.
+    external: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"files": self.files, "sha256": self.sha256, **self.spec.to_dict()}
+        return {
+            "files": self.files,
+            "external": self.external,
+            "sha256": self.sha256,
+            **self.spec.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> GraphEntry:
+        external = d.get("external", {})
         entry = cls(
-            spec=GraphSpec.from_dict(name, d), files=dict(d["files"]), sha256=dict(d["sha256"])
+            spec=GraphSpec.from_dict(name, d),
+            files=dict(d["files"]),
+            sha256=dict(d["sha256"]),
+            external={p: list(files) for p, files in external.items()},
         )
-        for file in entry.files.values():
-            resolve_in_bundle(Path("."), file)
-            entry.digest(file)
+        for precision, file in entry.files.items():
+            for needed in entry.bundle_files(precision):
+                resolve_in_bundle(Path("."), needed)
+                entry.digest(needed)
+                if Path(needed).parent != Path(file).parent:
+                    raise BundleError(
+                        f"graph {name}: external data file {needed!r} is not in the folder of "
+                        f"{file!r}; re-export the bundle"
+                    )
+        if set(entry.external) - set(entry.files):
+            raise ValueError(f"graph {name} has external data for a precision it has no file for")
         return entry
+
+    def bundle_files(self, precision: str) -> list[str]:
+        """The graph file at `precision` and every file it reads its weights from."""
+        return [self.files[precision], *self.external.get(precision, [])]
 
     def digest(self, file: str) -> str:
         """The sha256 the manifest records for `file`; BundleError (never KeyError) if none."""
@@ -145,6 +222,12 @@ class Manifest:
     default_voice: str | None = None
     opset: int = 17
     sherpa_onnx: SherpaOnnxFiles | None = None  # None: the tokenizer is not a unigram model
+    # The precisions every contract graph has a file for: ("fp32",), ("fp32", "int8") or, for
+    # an `export --precision int8` bundle, ("int8",).
+    precisions: tuple[str, ...] = ("fp32",)
+    # What voices are checked against: the sha256 of the FP32 flow_lm_main file as exported,
+    # recorded because an INT8-only bundle does not ship that file.
+    model_id: str = ""
 
     @property
     def flow_time_inputs(self) -> tuple[str, ...]:
@@ -175,6 +258,8 @@ class Manifest:
             "default_voice": self.default_voice,
             "opset": self.opset,
             "sherpa_onnx": asdict(self.sherpa_onnx) if self.sherpa_onnx else None,
+            "precisions": list(self.precisions),
+            "model_id": self.model_id,
             "notes": list(self.notes),
         }
 
@@ -208,7 +293,9 @@ class Manifest:
                 raise ValueError(f"default_voice {default_voice!r} is not among the voices")
             if d["flow_type"] not in FLOW_TIME_INPUTS:
                 raise ValueError(f"unknown flow_type {d['flow_type']!r}")
-            return cls(
+            _check_numbers(d)
+            precisions, model_id = _precisions_and_model_id(d, graphs)
+            manifest = cls(
                 schema_version=version,
                 pocket_tts_version=d["pocket_tts_version"],
                 exporter_version=d["exporter_version"],
@@ -232,13 +319,37 @@ class Manifest:
                 default_voice=default_voice,
                 opset=int(d.get("opset", 17)),
                 sherpa_onnx=SherpaOnnxFiles(**d["sherpa_onnx"]) if d.get("sherpa_onnx") else None,
+                precisions=precisions,
+                model_id=model_id,
             )
+            dims = {k: getattr(manifest, k) for k in ("latent_dim", "d_model", "head_dim")}
+            problem = spec_disagreement({n: g.spec for n, g in graphs.items()}, dims)
+            if problem is not None:
+                raise BundleError(
+                    f"manifest.json: {problem}: the manifest does not describe its graphs; "
+                    "re-export the bundle"
+                )
+            return manifest
         except BundleError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BundleError(
                 f"manifest is incomplete or malformed ({type(e).__name__}: {e})"
             ) from e
+
+    def require_precision(self, precision: str) -> None:
+        """BundleError naming what the bundle holds when it has no graphs at `precision`."""
+        if precision in self.precisions:
+            return
+        if precision == "int8":
+            fix = "re-export with --quantize, or load with precision='fp32'"
+        else:
+            fix = (
+                "it was exported with --precision int8; load it with precision='int8', or "
+                "re-export with --quantize for FP32 and INT8"
+            )
+        held = " and ".join(p.upper() for p in self.precisions)
+        raise BundleError(f"this bundle has {held} graphs only, no {precision.upper()}: {fix}")
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / MANIFEST_NAME
@@ -269,3 +380,26 @@ class Manifest:
         if not isinstance(data, dict):
             raise BundleError(f"{path} does not hold a JSON object")
         return cls.from_dict(data)
+
+
+def _precisions_and_model_id(d: dict, graphs: dict[str, GraphEntry]) -> tuple[tuple, str]:
+    """`precisions` and `model_id` as recorded (schema 3), or as a schema-2 bundle implies
+    them: FP32 always, INT8 when every contract graph has it; the FP32 flow_lm_main digest."""
+    main = graphs["flow_lm_main"]
+    if "precisions" in d:
+        precisions = tuple(p for p in PRECISIONS if p in d["precisions"])
+        if not precisions or len(precisions) != len(d["precisions"]):
+            raise ValueError(f"precisions must be some of {PRECISIONS}, got {d['precisions']!r}")
+    else:
+        int8 = all("int8" in graphs[name].files for name in GRAPH_NAMES)
+        precisions = ("fp32", "int8") if int8 else ("fp32",)
+    for name in GRAPH_NAMES:
+        missing = [p for p in precisions if p not in graphs[name].files]
+        if missing:
+            raise ValueError(f"graph {name} has no {missing[0]} file")
+    model_id = d.get("model_id")
+    if model_id is None and "fp32" in main.files:
+        model_id = main.digest(main.files["fp32"])
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError(f"model_id must be the FP32 flow_lm_main's sha256, got {model_id!r}")
+    return precisions, model_id

@@ -23,6 +23,24 @@ FLOW_TIME_INPUTS = {"lsd": ("s", "t"), "flow_matching": ("t",), "drifting": (), 
 FP32_RELATIVE_TOLERANCE = 1e-4
 
 
+# Largest fixed axis a graph spec may declare (d_model of the released models is 1024).
+MAX_AXIS = 1 << 16
+
+
+def _checked_shape(shape, name) -> list[int | str]:
+    """A shape read from a manifest: named dynamic axes, or fixed sizes from 0 to MAX_AXIS.
+    ValueError (the manifest loader turns it into BundleError) names the tensor."""
+    if not isinstance(shape, list) or len(shape) > 8:
+        raise ValueError(f"tensor {name!r}: shape must be a list of at most 8 axes")
+    for axis in shape:
+        fixed = isinstance(axis, int) and not isinstance(axis, bool)
+        if not (isinstance(axis, str) and axis) and not (fixed and 0 <= axis <= MAX_AXIS):
+            raise ValueError(
+                f"tensor {name!r}: axis {axis!r} must be a name or a size from 0 to {MAX_AXIS}"
+            )
+    return list(shape)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -38,7 +56,7 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> TensorSpec:
-        return cls(name=d["name"], dtype=d["dtype"], shape=list(d["shape"]))
+        return cls(name=d["name"], dtype=d["dtype"], shape=_checked_shape(d["shape"], d["name"]))
 
 
 @dataclass(frozen=True)
@@ -96,7 +114,7 @@ class StateSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> StateSpec:
-        return cls(**{**d, "shape": list(d["shape"])})
+        return cls(**{**d, "shape": _checked_shape(d["shape"], d["name"])})
 
 
 @dataclass(frozen=True)
@@ -125,7 +143,7 @@ class BufferSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> BufferSpec:
-        return cls(**{**d, "shape": list(d["shape"])})
+        return cls(**{**d, "shape": _checked_shape(d["shape"], d["name"])})
 
 
 @dataclass(frozen=True)
@@ -175,14 +193,62 @@ class GraphSpec:
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> GraphSpec:
-        return cls(
-            name=name,
-            inputs=[TensorSpec.from_dict(t) for t in d["inputs"]],
-            outputs=[TensorSpec.from_dict(t) for t in d["outputs"]],
-            states=[StateSpec.from_dict(s) for s in d["states"]],
-            tolerance=float(d["tolerance"]),
-            buffers=[BufferSpec.from_dict(b) for b in d.get("buffers", [])],
-        )
+        try:
+            return cls(
+                name=name,
+                inputs=[TensorSpec.from_dict(t) for t in d["inputs"]],
+                outputs=[TensorSpec.from_dict(t) for t in d["outputs"]],
+                states=[StateSpec.from_dict(s) for s in d["states"]],
+                tolerance=float(d["tolerance"]),
+                buffers=[BufferSpec.from_dict(b) for b in d.get("buffers", [])],
+            )
+        except ValueError as e:
+            raise ValueError(f"graphs.{name}: {e}") from e
+
+
+# Where each model number appears in the graph contract: (graph, tensor, axis); every graph
+# a bundle has must agree with the manifest's `latent_dim`, `d_model` and `head_dim`.
+MODEL_DIMS = {
+    "latent_dim": (
+        ("flow_lm_main", "sequence", -1),
+        ("flow_lm_flow", "x", -1),
+        ("flow_lm_flow", "flow_dir", -1),
+        ("mimi_decoder", "latent", -1),
+        ("flow_lm_step", "sequence", -1),
+        ("mimi_decoder_batched", "latent", -1),
+    ),
+    "d_model": (
+        ("text_conditioner", "embeddings", -1),
+        ("mimi_encoder", "latents", -1),
+        ("flow_lm_main", "text_embeddings", -1),
+        ("flow_lm_step", "text_embeddings", -1),
+    ),
+    "head_dim": (
+        ("flow_lm_main", "conditioning", -1),
+        ("flow_lm_flow", "c", -1),
+        ("flow_lm_step", "conditioning", -1),
+    ),
+}
+
+
+def spec_disagreement(specs: dict[str, GraphSpec], dims: dict[str, int]) -> str | None:
+    """The first place where a graph spec contradicts a model number, described as
+    "graphs.<graph>.<tensor> ... <field>", or None when all agree."""
+    for field_name, places in MODEL_DIMS.items():
+        for graph, tensor, axis in places:
+            spec = specs.get(graph)
+            if spec is None:
+                continue
+            found = [t for t in spec.all_inputs + spec.all_outputs if t.name == tensor]
+            if not found:
+                return f"graphs.{graph} has no tensor {tensor!r}"
+            size = found[0].shape[axis] if found[0].shape else None
+            if size != dims[field_name]:
+                return (
+                    f"graphs.{graph}.{tensor} has size {size!r} where {field_name} is "
+                    f"{dims[field_name]}"
+                )
+    return None
 
 
 def _batched_state(spec: StateSpec) -> StateSpec:

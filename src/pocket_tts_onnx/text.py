@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_TOKENS_PER_CHUNK",
+    "MAX_CHUNK_TOKENS",
     "TextChunk",
     "TextRules",
     "estimate_max_frames",
@@ -59,6 +60,14 @@ _MARK_THEN_SOFT = re.compile(r"([.!?\u2026])\s*[,;:]")
 # it is dropped even when it is merged with the first mark, which then is no split point.
 _SENTENCE_MARKS_PROBE = ".!...?"
 _CLAUSE_MARKS_PROBE = ",;:"
+
+# A piece (sentence, or clause of an overlong sentence) of more tokens than this is cut at
+# word boundaries into runs of at most `max_tokens_per_chunk` tokens. Upstream keeps such a
+# piece whole (text without punctuation has nowhere else to split) and feeds the model a
+# chunk far beyond the single sentences it was trained on; below this size our chunks stay
+# exactly upstream's. The batch scheduler refuses longer chunks, which now only a single
+# word this long can produce.
+MAX_CHUNK_TOKENS = 1024
 
 # Upstream pads prompts of fewer than 5 words with 8 spaces when the config asks for it.
 _SHORT_PROMPT_WORDS = 5
@@ -102,9 +111,14 @@ class TextRules:
                     f"got {key!r}: {value!r}"
                 )
         limit = self.max_tokens_per_chunk
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_CHUNK_TOKENS
+        ):
             raise InvalidInputError(
-                f"TextRules.max_tokens_per_chunk must be a positive int, got {limit!r}"
+                f"TextRules.max_tokens_per_chunk must be an int from 1 to {MAX_CHUNK_TOKENS}, "
+                f"got {limit!r}"
             )
         # Private copy, so mutating the caller's dict cannot change a frozen object.
         object.__setattr__(self, "replace_characters", dict(mapping))
@@ -217,7 +231,8 @@ def split_into_chunks(text: str, tokenizer: Tokenizer, rules: TextRules) -> list
     each run of sentence-mark tokens (except a period between two digits, e.g. "3.5"),
     sentences longer than the limit are re-tokenized and cut after clause marks, then the
     pieces are packed greedily into chunks of at most `max_tokens_per_chunk` tokens (a
-    single piece may exceed it). The chunks are decoded text, not yet prepared.
+    single piece may exceed it). One departure: a piece of more than `MAX_CHUNK_TOKENS`
+    tokens is first cut at word boundaries. The chunks are decoded text, not yet prepared.
     """
     return list(iter_chunks(text, tokenizer, rules))
 
@@ -257,9 +272,31 @@ def _iter_pieces(
                 for a, b in _iter_spans(sub_ids, clause_marks)
             ]
             if len(clauses) > 1:
-                yield from clauses
+                for clause in clauses:
+                    yield from _cut_at_words(*clause, tokenizer, limit)
                 continue
-        yield count, sentence
+        yield from _cut_at_words(count, sentence, tokenizer, limit)
+
+
+def _cut_at_words(
+    count: int, piece: str, tokenizer: Tokenizer, limit: int
+) -> Iterator[tuple[int, str]]:
+    """The piece itself, or, beyond MAX_CHUNK_TOKENS, runs of whole words of at most `limit`
+    tokens (each word counted on its own; a single longer word stays one run)."""
+    if count <= MAX_CHUNK_TOKENS:
+        yield count, piece
+        return
+    run: list[str] = []
+    run_count = 0
+    for word in piece.split():
+        n = len(tokenizer.encode(word))
+        if run and run_count + n > limit:
+            yield run_count, " ".join(run)
+            run, run_count = [], 0
+        run.append(word)
+        run_count += n
+    if run:
+        yield run_count, " ".join(run)
 
 
 def _iter_packed(

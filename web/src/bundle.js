@@ -10,7 +10,7 @@ export const GRAPH_NAMES = [
   "flow_lm_flow",
   "mimi_decoder",
 ];
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 const FLOW_TYPES = ["lsd", "flow_matching", "drifting", "pointwise"];
 const REQUIRED_KEYS = ["sample_rate", "frame_rate", "latent_dim", "d_model", "flow_type",
   "voice_cloning", "defaults", "text", "tokenizer", "graphs"];
@@ -147,10 +147,13 @@ async function hasWebGpu() {
   return gpuAdapter !== null;
 }
 
-/** The ONNX Runtime session for one graph file. `device` "webgpu" falls back to wasm when
+/** The ONNX Runtime session for one graph file. `externalData`: [{path, data}] for the files
+ * the graph reads its weights from (a variant reads its contract graph's file; `path` is the
+ * name the graph gives, relative to its own folder). `device` "webgpu" falls back to wasm when
  * the browser has no WebGPU adapter or the session cannot be created on it. */
-export async function createSession(bytes, file, device = "wasm") {
+export async function createSession(bytes, file, device = "wasm", externalData = []) {
   const options = { graphOptimizationLevel: "all" };
+  if (externalData.length) options.externalData = externalData;
   if (device === "webgpu" && (await hasWebGpu())) {
     try {
       const session = await ort.InferenceSession.create(bytes, {

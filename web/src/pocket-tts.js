@@ -52,11 +52,27 @@ export class PocketTTS {
     }
     onProgress(`reading ${url}`);
     const { manifest, base } = await fetchManifest(url);
+    const held = manifest.precisions ?? ["fp32", "int8"]; // schema 2 did not record them
+    if (!held.includes(precision)) {
+      throw new BundleError(
+        `this bundle has ${held.join(" and ")} graphs only, no ${precision}: ` +
+          (precision === "int8"
+            ? "re-export with --quantize, or use fp32"
+            : "it was exported with --precision int8; use int8"),
+      );
+    }
     const sessions = {};
     const step = manifest.graphs.flow_lm_step;
     if (fastKv && step?.files?.[precision] && step.buffers?.length) {
       graphs = graphs.map((g) => (g === "flow_lm_main" ? "flow_lm_step" : g));
     }
+    const fetched = new Map(); // file -> bytes: a file two graphs read is fetched once
+    const fetchOnce = (file, entry, what) => {
+      if (!fetched.has(file)) {
+        fetched.set(file, fetchChecked(base, file, entry.sha256?.[file], what, verifyChecksums));
+      }
+      return fetched.get(file);
+    };
     for (const name of graphs) {
       const entry = manifest.graphs[name];
       if (!entry) throw new BundleError(`the bundle lists no graph ${name}`);
@@ -67,8 +83,17 @@ export class PocketTTS {
         );
       }
       onProgress(`loading ${file}`);
-      const bytes = await fetchChecked(base, file, entry.sha256?.[file], name, verifyChecksums);
-      sessions[name] = await createSession(bytes, file, device);
+      const bytes = await fetchOnce(file, entry, name);
+      // The files its weights are read from (ONNX external data), named as in the graph.
+      const externalData = [];
+      for (const data of entry.external?.[precision] ?? []) {
+        onProgress(`loading ${data} (weights of ${name})`);
+        externalData.push({
+          path: data.split("/").pop(),
+          data: await fetchOnce(data, entry, `weights of ${name}`),
+        });
+      }
+      sessions[name] = await createSession(bytes, file, device, externalData);
     }
     let tokenizer = null;
     if (graphs.includes("text_conditioner")) {
@@ -113,8 +138,10 @@ export class PocketTTS {
         throw new BundleError(`graph ${name}: inputs ${have} do not match the manifest's ${want}`);
       }
     }
+    // Voices are checked against the FP32 flow_lm_main digest, which schema 3 records (an
+    // INT8-only bundle has no such file).
     const main = manifest.graphs.flow_lm_main;
-    this.modelId = main.sha256[main.files.fp32];
+    this.modelId = manifest.model_id || main.sha256[main.files.fp32];
     /** True when the flow LM runs on flow_lm_step (new K/V rows only) instead of the
      * contract graph flow_lm_main (whole cache in and out every step). */
     this.fastKv = "flow_lm_step" in sessions;

@@ -156,7 +156,31 @@ function decodePieces(ids, cuts, tokenizer) {
   return out;
 }
 
-/** Upstream's split_into_best_sentences: the chunks generated one at a time. */
+// A piece of more tokens than this is cut at word boundaries (text.py's MAX_CHUNK_TOKENS):
+// upstream keeps it whole, far beyond the single sentences the model was trained on.
+export const MAX_CHUNK_TOKENS = 1024;
+
+/** The piece, or beyond MAX_CHUNK_TOKENS runs of whole words of at most `limit` tokens. */
+function cutAtWords(count, piece, tokenizer, limit) {
+  if (count <= MAX_CHUNK_TOKENS) return [[count, piece]];
+  const out = [];
+  let run = [];
+  let runCount = 0;
+  for (const word of pySplit(piece)) {
+    const n = tokenizer.encode(word).length;
+    if (run.length && runCount + n > limit) {
+      out.push([runCount, run.join(" ")]);
+      [run, runCount] = [[], 0];
+    }
+    run.push(word);
+    runCount += n;
+  }
+  if (run.length) out.push([runCount, run.join(" ")]);
+  return out;
+}
+
+/** Upstream's split_into_best_sentences (plus the word cut above): the chunks generated one
+ * at a time. */
 export function splitIntoChunks(text, tokenizer, rules) {
   const limit = rules.max_tokens_per_chunk;
   const [prepared] = prepareChunk(text, rules);
@@ -172,11 +196,11 @@ export function splitIntoChunks(text, tokenizer, rules) {
       const subIds = tokenizer.encode(pyStrip(sentence));
       const clauses = decodePieces(subIds, cutPoints(subIds, clauseMarks), tokenizer);
       if (clauses.length > 1) {
-        pieces.push(...clauses);
+        for (const [n, clause] of clauses) pieces.push(...cutAtWords(n, clause, tokenizer, limit));
         continue;
       }
     }
-    pieces.push([count, sentence]);
+    pieces.push(...cutAtWords(count, sentence, tokenizer, limit));
   }
 
   const chunks = [];

@@ -15,11 +15,19 @@ const kv = Number(kvArg);
 const repeats = Number(repArg);
 ort.env.wasm.numThreads = 1;
 const m = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8"));
-const session = (name) =>
-  ort.InferenceSession.create(readFileSync(join(dir, m.graphs[name].files[precision])), {
+const session = (name) => {
+  const entry = m.graphs[name];
+  // A variant reads its weights from its contract graph's file (ONNX external data).
+  const externalData = (entry.external?.[precision] ?? []).map((file) => ({
+    path: file.split("/").pop(),
+    data: new Uint8Array(readFileSync(join(dir, file))),
+  }));
+  return ort.InferenceSession.create(readFileSync(join(dir, entry.files[precision])), {
     executionProviders: ["wasm"],
     graphOptimizationLevel: "all",
+    ...(externalData.length ? { externalData } : {}),
   });
+};
 const zeros = (dtype, shape) =>
   new ort.Tensor(dtype, dtype === "int64" ? new BigInt64Array(shape.reduce((a, b) => a * b, 1))
     : new Float32Array(shape.reduce((a, b) => a * b, 1)), shape);

@@ -32,11 +32,13 @@ from pocket_tts_onnx.export.loading import LoadedModel, ModelSource, load_model
 from pocket_tts_onnx.export.optimize import optimize_graphs
 from pocket_tts_onnx.export.patches import check_pocket_tts_version
 from pocket_tts_onnx.export.quantize import quantize_graph
+from pocket_tts_onnx.export.share import SHARED_WEIGHTS, external_files, share_weights
 from pocket_tts_onnx.export.sherpa import write_sherpa_tokenizer
 from pocket_tts_onnx.export.verify import GraphReport, reference_cases, verify_graph
 from pocket_tts_onnx.export.voices import export_voices
 from pocket_tts_onnx.manifest import (
     MANIFEST_NAME,
+    PRECISIONS,
     Defaults,
     GraphEntry,
     Manifest,
@@ -183,6 +185,43 @@ def _text_rules(model) -> TextRules:
     )
 
 
+def _graph_entry(spec, files: dict[str, Path], staging: Path) -> GraphEntry:
+    """The manifest entry for one graph's files (precision -> path in `staging`)."""
+    external = {p: external_files(path) for p, path in files.items()}
+    external = {p: names for p, names in external.items() if names}
+    named = [path.name for path in files.values()] + [n for ns in external.values() for n in ns]
+    return GraphEntry(
+        spec=spec,
+        files={p: path.name for p, path in files.items()},
+        sha256={name: file_sha256(staging / name) for name in named},
+        external=external,
+    )
+
+
+def _share_variant_weights(graphs: dict[str, Path], progress: Callable[[str], None]) -> None:
+    """Point each variant's weights at its contract graph's file (same precision)."""
+    for variant, contract in SHARED_WEIGHTS.items():
+        if variant in graphs and contract in graphs:
+            shared = share_weights(graphs[variant], graphs[contract])
+            progress(
+                f"{graphs[variant].name}: {shared / 1e6:.1f} MB of weights read from "
+                f"{graphs[contract].name}, not copied"
+            )
+
+
+def _precisions(quantize: bool, precision: str | None) -> tuple[str, ...]:
+    """The precisions to ship: `precision` "fp32", "int8" or "fp32+int8"; None follows
+    `quantize` (FP32, plus INT8 when set)."""
+    if precision is None:
+        return ("fp32", "int8") if quantize else ("fp32",)
+    chosen = tuple(p for p in PRECISIONS if p in precision.split("+"))
+    if "+".join(chosen) != precision:
+        raise ExportError(f"--precision must be fp32, int8 or fp32+int8, got {precision!r}")
+    if quantize and "int8" not in chosen:
+        raise ExportError(f"--quantize writes INT8 graphs, but --precision is {precision}")
+    return chosen
+
+
 def _build_manifest(
     loaded: LoadedModel,
     specs,
@@ -190,18 +229,13 @@ def _build_manifest(
     random_weights: bool,
     pocket_tts_version: str,
     tokenizer_file: str,
+    graph_files: dict[str, dict[str, Path]],
+    model_id: str,
     note: str | None = None,
 ) -> Manifest:
     model = loaded.model
     mimi = model.mimi
-    graphs = {}
-    for name, spec in specs.items():
-        files = {"fp32": f"{name}.onnx"}
-        if (staging / f"{name}_int8.onnx").exists():
-            files["int8"] = f"{name}_int8.onnx"
-        graphs[name] = GraphEntry(
-            spec=spec, files=files, sha256={f: file_sha256(staging / f) for f in files.values()}
-        )
+    graphs = {name: _graph_entry(spec, graph_files[name], staging) for name, spec in specs.items()}
     return Manifest(
         pocket_tts_version=pocket_tts_version,
         exporter_version=__version__,
@@ -228,6 +262,8 @@ def _build_manifest(
         graphs=graphs,
         notes=[note] if note else [],
         opset=OPSET,
+        precisions=tuple(p for p in PRECISIONS if p in graph_files["flow_lm_main"]),
+        model_id=model_id,
     )
 
 
@@ -239,8 +275,14 @@ def export_bundle(
     verify: bool = True,
     progress: Callable[[str], None] = lambda _: None,
     voices: str | tuple[str, ...] = "all",
+    precision: str | None = None,
 ) -> tuple[Manifest, list[GraphReport]]:
-    """Export, optionally quantize, verify against upstream and install the bundle at `output`."""
+    """Export, optionally quantize, verify against upstream and install the bundle at `output`.
+
+    `precision` "int8" ships INT8 graphs only: FP32 is still exported and verified (it is
+    what INT8 is measured against, and its flow_lm_main digest is the model id), then left
+    out of the bundle."""
+    precisions = _precisions(quantize, precision)
     version = check_pocket_tts_version()
     output = _prepare_output(Path(output), progress)
     progress(f"loading model ({source.language or source.config or 'demo'})")
@@ -252,11 +294,14 @@ def export_bundle(
     try:
         paths = export_all(model, specs, staging, progress)
         optimize_graphs(paths, progress)  # before verification and quantization
+        model_id = file_sha256(paths["flow_lm_main"])  # voices are checked against it
         int8 = {}
-        if quantize:
+        if "int8" in precisions:
             for name, path in paths.items():
                 progress(f"quantizing {name} (INT8, MatMul)")
                 int8[name] = quantize_graph(path)
+        for graphs in (paths, int8):  # before verification: it checks the shipped files
+            _share_variant_weights(graphs, progress)
         tokenizer_file = (
             "tokenizer.json" if loaded.tokenizer_kind == "tokenizers" else "tokenizer.model"
         )
@@ -278,10 +323,19 @@ def export_bundle(
             voice_entries, default_voice, voice_notes = export_voices(
                 loaded, source, main, paths["flow_lm_main"], staging, voices, verify, progress
             )
+        if "fp32" not in precisions:
+            progress("leaving the FP32 graphs out of the bundle (--precision int8)")
+            for path in paths.values():
+                path.unlink()
+        shipped = {"fp32": paths} if "fp32" in precisions else {}
+        if int8:
+            shipped["int8"] = int8
+        graph_files = {name: {p: g[name] for p, g in shipped.items()} for name in specs}
         note = DEMO_NOTE if source.demo else RANDOM_WEIGHTS_NOTE if source.random_init else None
         manifest = _build_manifest(
-            loaded, specs, staging, source.random_init or source.demo, version, tokenizer_file, note
-        )
+            loaded, specs, staging, source.random_init or source.demo, version, tokenizer_file,
+            graph_files, model_id, note,
+        )  # fmt: skip
         manifest = dataclasses.replace(
             manifest,
             voices=voice_entries,

@@ -248,39 +248,34 @@ def reference_cases(model, specs: dict[str, GraphSpec]) -> dict[str, list[list[S
 
 
 def run_buffered(session: ort.InferenceSession, spec: GraphSpec, steps: list[Step]) -> list[dict]:
-    """flow_lm_step through the runtime's own KVBuffers (small capacity, so it grows)."""
-    from pocket_tts_onnx.runtime.kv_buffer import KVBuffers
+    """flow_lm_step through the runtime's own FlowLM (the core's K/V rows; small capacity,
+    so it grows)."""
+    from pocket_tts_onnx.runtime.flow_lm import FlowLM
+    from pocket_tts_onnx.runtime.graph import StatefulGraph
 
-    buffers = KVBuffers(spec, rows=2, capacity=4)
-    output_names = [t.name for t in spec.all_outputs]
+    flow_lm = FlowLM(StatefulGraph(session, spec), main_spec=None, rows=2)
     results = []
     for inputs, _ in steps:
         rows = slice(*inputs["rows"])
-        feeds = {k: v for k, v in inputs.items() if k != "rows"}
-        new = feeds["sequence"].shape[1] + feeds["text_embeddings"].shape[1]
-        values = session.run(output_names, {**feeds, **buffers.prepare(rows, new)})
-        out = dict(zip(output_names, values, strict=True))
-        buffers.append(rows, out)
-        results.append(out)
+        results.append(flow_lm.run(rows, inputs["sequence"], inputs["text_embeddings"]))
     return results
 
 
 def run_batched_decoder(
     session: ort.InferenceSession, spec: GraphSpec, steps: list[Step]
 ) -> list[dict]:
-    """mimi_decoder_batched with a stream joining mid-way (runtime's join_decoder_row)."""
-    from pocket_tts_onnx.runtime.kv_buffer import join_decoder_row
+    """mimi_decoder_batched through the runtime's own MimiRows (no fade-in), a stream
+    joining mid-way."""
+    from pocket_tts_onnx.runtime.decoder import MimiRows
+    from pocket_tts_onnx.runtime.graph import StatefulGraph
 
-    states = spec.initial_states(batch=1)
-    output_names = [t.name for t in spec.all_outputs]
+    rows = MimiRows(StatefulGraph(session, spec), fade_in_length=0)
+    rows.join()
     results = []
     for inputs, _ in steps:
         if inputs["join"]:
-            states = join_decoder_row(spec, states)
-        values = session.run(output_names, {"latent": inputs["latent"], **states})
-        out = dict(zip(output_names, values, strict=True))
-        states = {s.name: out[s.output_name] for s in spec.states}
-        results.append(out)
+            rows.join()
+        results.append({"audio_frame": rows.decode(inputs["latent"])[:, None]})
     return results
 
 

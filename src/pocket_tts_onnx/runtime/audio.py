@@ -19,7 +19,15 @@ import soundfile as sf
 
 from pocket_tts_onnx.errors import InvalidInputError, VoiceError
 
-__all__ = ["end_on_pause", "fade_in", "prepare_voice_audio", "read_audio", "write_wav"]
+__all__ = [
+    "decode_audio",
+    "end_on_pause",
+    "fade_in",
+    "prepare_voice_audio",
+    "read_audio",
+    "write_audio",
+    "write_wav",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,28 +45,75 @@ def _check_rate(sample_rate: object, what: str) -> int:
     return as_int
 
 
-def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+# Decoded samples a voice prompt may hold, whatever its format or rate: 10 minutes at 48 kHz
+# (115 MB as float32). Compressed files (FLAC/OGG of silence) decode to thousands of times
+# their size, so the bound is on what is decoded, never on the file.
+MAX_DECODED_SAMPLES = 600 * 48_000
+# Longest voice prompt in seconds, at any rate: a 1 Hz "recording" of a million samples is
+# 11 days of audio, tens of GB once resampled to the model's rate.
+MAX_PROMPT_SECONDS = 600
+# Frames x channels read per block: the mixdown keeps one block of all channels at a time.
+_BLOCK_SAMPLES = 1 << 20
+
+
+def read_audio(
+    path: str | os.PathLike[str], max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
     """Read any file libsndfile understands as mono float32 ``[N]`` plus its sample rate.
 
-    Channels are averaged after converting to float32, which for 16-bit PCM gives the same
-    numbers as upstream's ``audio_read`` (int16 / 32768, then the channel mean).
+    Only the first ``max_seconds`` are decoded (``None``: all of it), and never more than
+    ``MAX_DECODED_SAMPLES``. Channels are averaged after converting to float32, which for
+    16-bit PCM gives the same numbers as upstream's ``audio_read`` (int16 / 32768, then the
+    channel mean).
     """
     path = Path(path)
     if not path.exists():
         raise VoiceError(f"voice audio file not found: {str(path)!r}")
     if not path.is_file():
         raise VoiceError(f"voice audio path is not a file: {str(path)!r}")
+    return decode_audio(str(path), f"voice audio file {str(path)!r}", max_seconds)
+
+
+def decode_audio(source, what: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode a path or a binary file object to mono float32 ``[N]`` and its rate, reading
+    block by block and stopping after ``max_seconds`` (or ``MAX_DECODED_SAMPLES``), so
+    neither a long file nor a decompression bomb can take more memory than the prompt
+    uses. ``what`` names the source in error messages."""
     try:
-        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(source) as f:
+            rate, channels = int(f.samplerate), int(f.channels)
+            _check_rate(rate, f"{what}: sample rate")
+            want = min(MAX_DECODED_SAMPLES, MAX_PROMPT_SECONDS * rate)
+            if max_seconds is not None:
+                want = min(want, max(1, math.ceil(max_seconds * rate)))
+            block = max(1, _BLOCK_SAMPLES // channels)
+            pieces, total = [], 0
+            while total < want + 1:  # one sample past `want` tells "longer" from "exact"
+                data = f.read(min(block, want + 1 - total), dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                mono = data[:, 0] if channels == 1 else data.mean(axis=1, dtype=np.float32)
+                pieces.append(np.array(mono, dtype=np.float32))
+                total += data.shape[0]
+    except VoiceError:
+        raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+        # libsndfile's own words, without the file object's repr or a second full stop.
+        detail = (getattr(exc, "error_string", None) or str(exc)).strip().rstrip(".")
         raise VoiceError(
-            f"cannot read voice audio file {str(path)!r}: {exc}. Use a format libsndfile "
-            "reads (WAV, FLAC, OGG, MP3, ...)."
+            f"cannot read {what}: {detail}. Use a format libsndfile reads (WAV, FLAC, OGG, "
+            "MP3, ...)."
         ) from exc
-    if data.shape[0] == 0:
-        raise VoiceError(f"voice audio file {str(path)!r} contains no samples")
-    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(mono, dtype=np.float32), int(sample_rate)
+    if total > want and (max_seconds is None or want < math.ceil(max_seconds * rate)):
+        raise VoiceError(
+            f"{what} is longer than a voice prompt may be ({want} samples, "
+            f"{want / rate:.0f} s at {rate} Hz); use the first 30 s (truncate) or a shorter "
+            "recording"
+        )
+    if total == 0:
+        raise VoiceError(f"{what} contains no samples")
+    mono = np.concatenate(pieces)[:want]
+    return np.ascontiguousarray(mono, dtype=np.float32), rate
 
 
 def _to_mono(audio: object) -> np.ndarray:
@@ -121,6 +176,11 @@ def prepare_voice_audio(
             raise VoiceError(f"truncate_seconds must be > 0, got {truncate_seconds!r}")
         mono = mono[: int(truncate_seconds * src_rate)]
 
+    if mono.shape[0] > MAX_PROMPT_SECONDS * src_rate:
+        raise VoiceError(
+            f"voice audio{where} is {mono.shape[0] / src_rate:.0f} s long; a prompt may be at "
+            f"most {MAX_PROMPT_SECONDS} s (30 s are used with truncation)"
+        )
     if mono.shape[0] < max(1, min_samples):
         raise VoiceError(
             f"voice audio{where} is too short: {mono.shape[0]} sample(s) at {src_rate} Hz, "
@@ -200,11 +260,19 @@ def fade_in(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def write_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: int) -> None:
-    """Write mono 16-bit PCM WAV, replacing ``path`` atomically.
+    """Write mono 16-bit PCM WAV, replacing ``path`` atomically (see ``write_audio``)."""
+    write_audio(path, samples, sample_rate)
 
-    Conversion matches upstream's writer (clip to [-1, 1], scale by 32767, truncate toward
-    zero) minus the 200 ms of trailing silence it appends. ``samples`` may be ``[N]`` or
-    carry leading size-1 axes (``[1, N]``, ``[1, 1, N]``). NaN is rejected rather than
+
+def write_audio(
+    path: str | os.PathLike[str], samples: np.ndarray, sample_rate: int, fmt=None
+) -> None:
+    """Write mono audio as 16-bit PCM WAV, or in ``fmt`` (an ``AudioFormat`` of
+    ``runtime.encoding``: flac, mp3, opus, raw pcm), replacing ``path`` atomically.
+
+    WAV conversion matches upstream's writer (clip to [-1, 1], scale by 32767, truncate
+    toward zero) minus the 200 ms of trailing silence it appends. ``samples`` may be ``[N]``
+    or carry leading size-1 axes (``[1, N]``, ``[1, 1, N]``). NaN is rejected rather than
     written as arbitrary PCM, since it always means the generation went wrong.
     """
     rate = int(sample_rate)
@@ -214,21 +282,35 @@ def write_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: in
     while arr.ndim > 1 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 1:
-        raise InvalidInputError(f"write_wav expects mono audio [samples], got shape {arr.shape}")
+        raise InvalidInputError(f"expected mono audio [samples], got shape {arr.shape}")
     arr = arr.astype(np.float32, copy=False)
     if np.isnan(arr).any():
         raise InvalidInputError(f"refusing to write {str(path)!r}: audio contains NaN samples")
+    if fmt is not None and fmt.name != "wav":
+        from pocket_tts_onnx.runtime.encoding import encode
+
+        data = encode(arr, rate, fmt)
+        _replace_atomically(Path(path), lambda fh: fh.write(data))
+        return
     pcm = (np.clip(arr, -1.0, 1.0) * np.float32(32767)).astype("<i2")
 
-    path = Path(path)
-    # Same directory so the final os.replace is an atomic rename, never a copy.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh, wave.open(fh, "wb") as wav_out:
+    def write(fh) -> None:
+        with wave.open(fh, "wb") as wav_out:
             wav_out.setnchannels(1)
             wav_out.setsampwidth(2)
             wav_out.setframerate(rate)
             wav_out.writeframes(pcm.tobytes())
+
+    _replace_atomically(Path(path), write)
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename it over `path`."""
+    # Same directory so the final os.replace is an atomic rename, never a copy.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,204 +1,173 @@
-"""Continuous batching: many streams share each model call.
+"""The one generation loop: continuous batching of B rows (a single stream is a batch of one).
 
-One scheduler thread runs the flow LM (`flow_lm_step`, one call per step for every active
-stream, each at its own position) and the flow head (one solve for all rows); a decoder
-thread runs Mimi (`mimi_decoder_batched`, one call per step for the same rows) while the
-next LM step is computed. Streams join when their text chunk has been prompted and leave
-when it ends (EOS, length limit, cancel), at any step. Rows are kept packed: a leaving row
-is replaced by the last one, in the K/V buffers and in the decoder alike (the decoder
-receives the same row changes as ordered events).
+One scheduler thread runs the flow LM (`flow_lm_step`, one call per step for every row, each
+at its own position) and the flow head (batched solver steps); the decoder thread
+(decoding.py) runs Mimi for the same rows while the next step is computed. A request joins
+when its text chunk has been prompted and leaves when the chunk ends (EOS, length limit,
+cancel, error), at any step; rows stay packed (a leaving row is replaced by the last one, in
+the K/V buffers and in the decoder alike).
+
+- Isolation: whatever fails for one row (non-finite values, a model call that fails for that
+  row alone) ends that stream with its typed error; the others go on.
+- Fairness: a row's flow-head steps are spread over several iterations when they would hold
+  the others (only the rows that need more steps run them).
+- Memory: K/V capacity follows the active rows' worst case, bounded by `max_kv_positions`
+  (rows x positions), and shrinks when long streams leave.
 
 Each stream keeps its own random generator and per-chunk decisions (`ChunkStream`), so its
-audio is the single-stream engine's for the same text, voice and seed, whatever else runs.
+audio is the same whatever else runs, up to float rounding of batched calls.
 """
 
 from __future__ import annotations
 
 import collections
-import queue
+import contextlib
+import ctypes
+import logging
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import time
 
 import numpy as np
 
-from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError, QueueFullError
-from pocket_tts_onnx.runtime.buffered_generation import prompt_rows, run_step
-from pocket_tts_onnx.runtime.config import GenerationConfig
-from pocket_tts_onnx.runtime.generation import ChunkStream
-from pocket_tts_onnx.runtime.kv_buffer import KVBuffers, filled_positions, join_decoder_row
-from pocket_tts_onnx.runtime.streaming import AudioChunk
+from pocket_tts_onnx.errors import (
+    GenerationError,
+    InvalidInputError,
+    PocketTTSOnnxError,
+    QueueFullError,
+)
+from pocket_tts_onnx.runtime.core import GenerationCore
+from pocket_tts_onnx.runtime.decoding import DecoderThread
+from pocket_tts_onnx.runtime.generation import ChunkStream, chunk_max_frames
+from pocket_tts_onnx.runtime.kv_buffer import filled_positions
+from pocket_tts_onnx.runtime.requests import WAIT, FeedSource, Request, TextSource
+from pocket_tts_onnx.runtime.streams import BatchStream, TextStream
+from pocket_tts_onnx.text import MAX_CHUNK_TOKENS  # the longest chunk the text splitter makes
 
-__all__ = ["BatchScheduler", "BatchStream", "generate_batch"]
+__all__ = ["MAX_STREAMS", "BatchScheduler"]
 
-_END = object()
-# At most this many streams per scheduler (K/V buffers are allocated for all of them).
+logger = logging.getLogger(__name__)
+
+# At most this many streams per scheduler.
 MAX_STREAMS = 256
-# Longest text chunk (tokens) a batched stream may prompt; upstream's chunks hold <= 50.
-MAX_CHUNK_TOKENS = 1024
+# Flow-head work a row with many solver steps may add to one iteration, as a share of the
+# flow-LM step's time, beyond what the rows with the fewest steps need.
+SOLVE_SHARE = 0.25
 
 
-def _too_slow(chunks: int) -> str:
-    return (
-        f"the stream was stopped: {chunks} audio chunks were made and not read (the reader "
-        "is not keeping up); read the stream as it is produced"
-    )
+def _int_option(label: str, value, least: int, most: int) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or not least <= value <= most:
+        raise InvalidInputError(
+            f"{label} must be an integer from {least} to {most}, got {value!r}", param=label
+        )
+    return value
 
 
-@dataclass(eq=False)
-class _Request:
-    chunks: collections.deque
-    start: dict[str, np.ndarray]
-    filled: int
-    config: GenerationConfig
-    rng: np.random.Generator
-    out: queue.Queue = field(default_factory=queue.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    chunk: ChunkStream | None = None
-    sequence: np.ndarray | None = None
-    first_frame: bool = True  # owned by the decoder thread (set by its join event)
-
-
-class BatchStream(Iterator[AudioChunk]):
-    """Audio of one submitted text, as it is made. Iterating blocks until the next chunk;
-    `cancel()` (or `close()`) frees the stream's batch row at the next step."""
-
-    def __init__(self, request: _Request, scheduler: BatchScheduler):
-        self._request = request
-        self._scheduler = scheduler
-        self._done = False
-
-    def __next__(self) -> AudioChunk:
-        if self._done:
-            raise StopIteration
-        item = self._request.out.get()
-        if item is _END:
-            self._done = True
-            raise StopIteration
-        if isinstance(item, BaseException):
-            self._done = True
-            raise item
-        return item
-
-    def cancel(self) -> None:
-        if not self._done:
-            self._request.cancelled.set()
-            self._scheduler._wake()
-
-    close = cancel
-
-    def __del__(self):  # an abandoned stream must not keep its row
-        self._request.cancelled.set()
+def _release_memory() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class BatchScheduler:
     """Serve many streams from one bundle with batched model calls.
 
-    `submit()` validates in the caller's thread and returns a `BatchStream`; at most
-    `max_streams` streams generate at once, `max_queue` more wait (beyond that,
-    `QueueFullError`). Needs a bundle exported with the batched graph variants.
+    `submit()` / `open_stream()` validate in the caller's thread and return a stream; at most
+    `max_streams` generate at once and `max_queue` more wait (beyond that, QueueFullError).
+    `max_kv_positions` bounds the flow LM's K/V memory (rows x positions; None: unbounded).
     """
 
     def __init__(
         self,
-        tts,
+        core,
         max_streams: int = 8,
         max_queue: int = 32,
         *,
         max_buffered_seconds: float = 600.0,
         max_chunk_tokens: int = MAX_CHUNK_TOKENS,
+        max_kv_positions: int | None = None,
     ):
-        for name in ("flow_lm_step", "mimi_decoder_batched"):
-            if name not in tts.graphs:
-                raise PocketTTSOnnxError(
-                    f"this bundle has no {name} graph: re-export it with this version to "
-                    "serve batched streams"
-                )
-        limits = (
-            ("max_streams", max_streams, 1, MAX_STREAMS),
-            ("max_queue", max_queue, 0, 1 << 20),
-            ("max_chunk_tokens", max_chunk_tokens, 1, 1 << 20),
-        )
-        for label, value, least, most in limits:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            if not ok or not least <= value <= most:
-                raise InvalidInputError(
-                    f"{label} must be an integer from {least} to {most}, got {value!r}"
-                )
+        if not isinstance(core, GenerationCore):  # the engine: use its core
+            core = getattr(core, "core", core)
+        self.max_streams = _int_option("max_streams", max_streams, 1, MAX_STREAMS)
+        self.max_queue = _int_option("max_queue", max_queue, 0, 1 << 20)
+        self.max_chunk_tokens = _int_option("max_chunk_tokens", max_chunk_tokens, 1, 1 << 20)
+        if max_kv_positions is not None:
+            _int_option("max_kv_positions", max_kv_positions, 1, 1 << 40)
+        self.max_kv_positions = max_kv_positions
         if not (isinstance(max_buffered_seconds, (int, float)) and max_buffered_seconds > 0):
             raise InvalidInputError(
-                f"max_buffered_seconds must be > 0, got {max_buffered_seconds!r}"
+                f"max_buffered_seconds must be > 0, got {max_buffered_seconds!r}",
+                param="max_buffered_seconds",
             )
-        self.max_chunk_tokens = max_chunk_tokens
-        self._tts = tts
-        self.max_streams, self.max_queue = max_streams, max_queue
-        manifest = tts.manifest
-        self._step = tts.graphs["flow_lm_step"]
-        self._conditioner = tts.graphs["text_conditioner"]
-        self._sampler = tts.sampler
-        self._main_spec = manifest.graphs["flow_lm_main"].spec  # the spec: no session needed
-        try:
-            self._buffers = KVBuffers(self._step.spec, rows=max_streams, capacity=256)
-        except MemoryError as e:
-            raise InvalidInputError(
-                f"max_streams={max_streams}: not enough memory for that many streams' K/V "
-                "buffers; use fewer"
-            ) from e
-        self._latent_dim, self._d_model = manifest.latent_dim, manifest.d_model
-        self._waiting: collections.deque[_Request] = collections.deque()
-        self._active: list[_Request] = []
-        self._lock = threading.Condition()
+        self.core = core
+        self._lm = core.flow_lm(rows=0)
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._active: list[Request] = []
+        self._parked: set[Request] = set()
+        self._admitting: Request | None = None  # being prompted into a row
+        self._lock = threading.Condition()  # reentrant
         self._closed = False
-        self._failure: BaseException | None = None
-        self._decoder = _DecoderThread(tts, int(max_buffered_seconds * manifest.frame_rate))
+        self._lm_seconds = 0.0  # running mean of a flow-LM step
+        self.counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0}
+        backlog = int(max_buffered_seconds * core.frame_rate)
+        self._decoder = DecoderThread(core.decoder_rows(), core.sample_rate, backlog)
         self._thread = threading.Thread(target=self._run, name="pocket-tts-batch", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ public
-    def submit(self, text: str, voice=None, **params) -> BatchStream:
-        """Queue `text` for synthesis; parameters as `PocketTTSOnnx.stream`."""
-        tts = self._tts
-        config = tts.generation_config(**params)
-        start = tts.start_state(voice)
-        filled = filled_positions(self._main_spec, start)
-        chunks = collections.deque(tts.text_chunks(text))
-        longest = max(len(c.token_ids) for c in chunks)
-        if longest > self.max_chunk_tokens:
-            # One prompt this long (a single word of thousands of letters: the chunker cannot
-            # split it) would hold every other stream of the batch for seconds.
-            raise InvalidInputError(
-                f"text: one chunk has {longest} tokens (max_chunk_tokens "
-                f"{self.max_chunk_tokens}); a word this long cannot be split into sentences. "
-                "Add spaces or punctuation, or synthesize it with PocketTTSOnnx.generate"
-            )
-        request = _Request(chunks, start, filled, config, np.random.default_rng(config.seed))
-        with self._lock:
-            if self._closed:
-                cause = f": it stopped after {self._failure!r}" if self._failure else ""
-                raise PocketTTSOnnxError(f"the scheduler is closed{cause}")
-            if self._decoder.error is not None:
-                raise PocketTTSOnnxError(f"the scheduler's decoder failed: {self._decoder.error!r}")
-            # Requests the worker has not admitted yet into free rows are not queued.
-            free = max(0, self.max_streams - len(self._active))
-            if len(self._waiting) - free >= self.max_queue:
-                raise QueueFullError(
-                    f"{len(self._waiting)} requests are already waiting (max_queue "
-                    f"{self.max_queue}); retry later"
-                )
-            self._waiting.append(request)
-            self._lock.notify()
-        return BatchStream(request, self)
+    def submit(self, text: str, voice=None, config=None, **params) -> BatchStream:
+        """Queue `text` for synthesis; `config` and `params` as `PocketTTSOnnx.stream`."""
+        config = self.core.config(config, **params)
+        start = self.core.resolve_voice(voice)
+        chunks = self.core.chunks(text)
+        first = next(chunks)
+        self._check_chunk(first)
+        request = Request(TextSource(first, chunks), start, config, self._rng(config))
+        self._enqueue(request)
+        return BatchStream(request, self._wake)
 
-    def stats(self) -> dict[str, int]:
+    def open_stream(self, voice=None, config=None, **params) -> TextStream:
+        """A stream whose text is written while it is spoken (`write`, then `end`)."""
+        config = self.core.config(config, **params)
+        start = self.core.resolve_voice(voice)
+        source = FeedSource(self.core.feed())
+        request = Request(source, start, config, self._rng(config))
+        request.parked = True
         with self._lock:
-            return {"active": len(self._active), "waiting": len(self._waiting)}
+            self._check_open()
+            self._parked.add(request)
+            self.counts["submitted"] += 1
+        return TextStream(request, self._wake, _Feed(self, request, source))
+
+    @property
+    def alive(self) -> bool:
+        """False once the scheduler stopped (closed, or its thread died)."""
+        return not self._closed and self._thread.is_alive() and self._decoder.alive
+
+    def stats(self) -> dict:
+        with self._lock:
+            buffers = self._lm.buffers
+            return {
+                "active": len(self._active) + (self._admitting is not None),
+                "waiting": sum(not r.cancelled.is_set() for r in self._waiting),
+                "parked": len(self._parked),
+                "max_streams": self.max_streams,
+                "max_queue": self.max_queue,
+                "kv_rows": buffers.rows,
+                "kv_capacity": buffers.capacity,
+                "kv_mb": round(buffers.nbytes / 2**20, 1),
+                "alive": self.alive,
+                **self.counts,
+            }
 
     def close(self) -> None:
         """Stop: every unfinished stream ends with an error."""
         with self._lock:
             self._closed = True
             self._lock.notify()
-        self._thread.join()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
         self._decoder.close()
 
     def __enter__(self) -> BatchScheduler:
@@ -207,214 +176,340 @@ class BatchScheduler:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ worker
+    # ------------------------------------------------------------ caller's side
+    @staticmethod
+    def _rng(config) -> np.random.Generator:
+        return np.random.default_rng(config.seed)
+
+    def _check_chunk(self, chunk) -> None:
+        n = len(chunk.token_ids)
+        if n > self.max_chunk_tokens:
+            # One prompt this long (a word of thousands of letters: nothing to split it at)
+            # would hold every other stream of the batch for seconds.
+            raise InvalidInputError(
+                f"text: one chunk has {n} tokens (max_chunk_tokens {self.max_chunk_tokens}): "
+                "a word this long cannot be split; add spaces or punctuation",
+                param="text",
+            )
+
+    def _check_open(self) -> None:
+        if not self.alive:
+            raise PocketTTSOnnxError("the scheduler is closed")
+
+    def _enqueue(self, request: Request) -> None:
+        with self._lock:
+            self._check_open()
+            # Requests the worker has not admitted yet into free rows are not queued.
+            free = max(0, self.max_streams - len(self._active))
+            if len(self._waiting) - free >= self.max_queue:
+                self.counts["rejected"] += 1
+                raise QueueFullError(
+                    f"{len(self._waiting)} requests are already waiting (max_queue "
+                    f"{self.max_queue}); retry later"
+                )
+            self._waiting.append(request)
+            self.counts["submitted"] += 1
+            self._lock.notify()
+
+    def _offer(self, request: Request) -> None:
+        """New text chunks (or the end) for a text stream: wake it if it was parked."""
+        with self._lock:
+            if request.parked:
+                request.parked = False
+                self._parked.discard(request)
+                self._waiting.append(request)
+                self._lock.notify()
+
     def _wake(self) -> None:
         with self._lock:
             self._lock.notify()
 
+    # ------------------------------------------------------------------ worker
     def _run(self) -> None:
         try:
             while self._admit():
-                if self._active:
-                    self._advance()
-        except BaseException as e:  # a model failure ends every stream, with the cause
+                if not self._active:
+                    continue
+                try:
+                    self._iterate()
+                except Exception as e:  # a fault of the loop itself: end these rows only
+                    logger.exception("generation step failed; ending the streams in it")
+                    error = GenerationError(f"generation failed: {e}")
+                    for i in reversed(range(len(self._active))):
+                        self._remove(i, error)
+        finally:
             with self._lock:
                 self._closed = True
-                self._failure = e
-            for request in self._active + list(self._waiting):
-                request.out.put(e)
-        finally:
+                rest = self._active + list(self._waiting) + list(self._parked)
+                self._active, self._parked = [], set()
+                self._waiting.clear()
             closing = PocketTTSOnnxError("the scheduler was closed")
-            for request in self._active + list(self._waiting):
+            for request in rest:
                 self._decoder.finish(request, closing)
             self._decoder.close()
 
     def _admit(self) -> bool:
-        """Drop cancelled streams, start new ones; False once closed."""
+        """Drop cancelled streams, start waiting ones while there is room; False once closed."""
+        if not self._active and self._lm.buffers.rows:  # idle: memory goes back
+            self._lm.buffers.fit(0, 0)
+            _release_memory()
         with self._lock:
             while not self._closed and not self._active and not self._waiting:
-                self._lock.wait()
+                self._sweep_parked()
+                self._lock.wait(timeout=1.0 if self._parked else None)
             if self._closed:
                 return False
+            self._sweep_parked()
             for i in reversed(range(len(self._active))):
                 if self._active[i].cancelled.is_set():
                     self._remove(i, None)
-            while self._waiting and len(self._active) < self.max_streams:
-                request = self._waiting.popleft()
-                if request.cancelled.is_set():
-                    self._decoder.finish(request, None)
-                    continue
-                self._lock.release()
-                try:
-                    self._start_chunk(request)
-                finally:
-                    self._lock.acquire()
+        while True:
+            with self._lock:
+                if len(self._active) >= self.max_streams or not self._waiting:
+                    break
+                request = self._admitting = self._waiting.popleft()
+            started = self._start_chunk(request)
+            with self._lock:
+                self._admitting = None
+                if not started:
+                    self._waiting.appendleft(request)  # no room yet: it goes first
+                    break
         return True
 
-    def _start_chunk(self, request: _Request) -> None:
-        """Prompt `request`'s next chunk in the next free row and make it active."""
-        if not request.chunks:
+    def _sweep_parked(self) -> None:  # holds the lock
+        """End cancelled requests that hold no row (parked, or still waiting)."""
+        for request in [r for r in self._parked if r.cancelled.is_set()]:
+            self._parked.discard(request)
             self._decoder.finish(request, None)
-            return
-        chunk = request.chunks.popleft()
-        row = len(self._active)
+        if any(r.cancelled.is_set() for r in self._waiting):
+            for request in [r for r in self._waiting if r.cancelled.is_set()]:
+                self._decoder.finish(request, None)
+            self._waiting = collections.deque(r for r in self._waiting if not r.cancelled.is_set())
+
+    def _start_chunk(self, request: Request) -> bool:
+        """Prompt `request`'s next chunk in a new row; False when the K/V budget has no room
+        for it yet (it stays first in the queue)."""
+        if request.cancelled.is_set():
+            self._decoder.finish(request, None)
+            return True
         try:
-            self._buffers.load(row, request.start, request.filled)
-            ids = np.asarray(chunk.token_ids, dtype=np.int64)[None, :]
-            emb = self._conditioner.run({"token_ids": ids})["embeddings"]
-            prompt_rows(self._step, self._buffers, slice(row, row + 1), emb)
+            chunk, request.next_chunk = request.next_chunk or self._take(request), None
+            if chunk is WAIT:
+                return True
+            if chunk is None:
+                self.counts["completed"] += 1
+                self._decoder.finish(request, None)
+                return True
+            self._check_chunk(chunk)
+            filled = filled_positions(self.core.main_spec, request.start)
+            need = (
+                filled
+                + len(chunk.token_ids)
+                + chunk_max_frames(chunk, request.config, self.core.manifest)
+            )
+            if not self._fits(need, request):
+                request.next_chunk = chunk
+                return False
+            row = len(self._active)
+            buffers = self._lm.buffers
+            rows = min(self.max_streams, max(row + 1, 2 * buffers.rows))
+            self._lm.limit = max([need] + [r.need for r in self._active])
+            if row == 0:
+                buffers.reset(rows, need)
+            else:  # room for the widest active row's worst case, allocated once
+                buffers.reserve(self._lm.limit, rows=rows, limit=self._lm.limit)
+            self._lm.load(row, request.start)
+            self._lm.prompt(row, self.core.embed(chunk), stop=request.cancelled.is_set)
         except PocketTTSOnnxError as e:
+            self.counts["failed"] += 1
             self._decoder.finish(request, e)
-            return
-        tts = self._tts
-        request.chunk = ChunkStream(chunk, request.config, tts.manifest, self._sampler, request.rng)
-        request.sequence = np.full((1, 1, self._latent_dim), np.nan, dtype=np.float32)
+            return True
+        except Exception as e:  # e.g. out of memory in the prompt: this request only
+            logger.exception("prompting a text chunk failed")
+            self.counts["failed"] += 1
+            self._decoder.finish(request, GenerationError(f"prompting the text failed: {e}"))
+            return True
+        core = self.core
+        request.need = need
+        request.text_index += 1
+        request.chunk = ChunkStream(chunk, request.config, core.manifest, core.sampler, request.rng)
+        request.sequence = np.full((1, 1, core.manifest.latent_dim), np.nan, dtype=np.float32)
         self._active.append(request)
         self._decoder.join(request)
+        return True
 
-    def _remove(self, row: int, error: BaseException | None, finished: bool = True) -> _Request:
-        """Take `row` out of the batch (the last row moves into its place)."""
+    def _take(self, request: Request):
+        """The request's next chunk; a text stream with none yet is parked (under the lock,
+        so text written meanwhile cannot miss the wake-up in `_offer`)."""
+        if not isinstance(request.source, FeedSource):
+            return request.source.take()
+        with self._lock:
+            chunk = request.source.take()
+            if chunk is WAIT:
+                request.parked = True
+                self._parked.add(request)
+            return chunk
+
+    def _fits(self, need: int, request: Request) -> bool:
+        budget = self.max_kv_positions
+        if budget is None:
+            return True
+        if need > budget:
+            raise InvalidInputError(
+                f"max_frames: this text chunk may need {need} K/V positions, more than the "
+                f"server's whole budget ({budget}); ask for fewer max_frames",
+                param="max_frames",
+            )
+        widest = max([need] + [r.need for r in self._active])
+        return (len(self._active) + 1) * widest <= budget
+
+    def _remove(self, row: int, error: BaseException | None) -> None:
+        """Take `row` out of the batch (the last row moves into its place); the request
+        goes on with its next chunk, or ends."""
         request = self._active[row]
         last = len(self._active) - 1
         if row != last:
-            self._buffers.move(last, row)
+            self._lm.buffers.move(last, row)
         self._active[row] = self._active[last]
         self._active.pop()
-        self._decoder.remove(row)
-        if finished:
+        self._lm.buffers.positions[last] = 0
+        over = error is not None or request.cancelled.is_set()
+        self._decoder.remove(row, marker=not over)
+        if over:
+            self.counts["failed" if error is not None else "completed"] += 1
             self._decoder.finish(request, error)
-        return request
+        else:
+            with self._lock:
+                self._waiting.appendleft(request)  # its next chunk goes first
+        self._lm.limit = max([r.need for r in self._active], default=0) or None
+        if self._lm.limit is not None:  # long streams left: give their memory back
+            self._lm.buffers.fit(len(self._active), self._lm.limit)
 
-    def _advance(self) -> None:
-        """One flow-LM step and one flow-head solve for every active stream."""
-        n = len(self._active)
-        sequence = np.concatenate([r.sequence for r in self._active])
-        no_text = np.zeros((n, 0, self._d_model), dtype=np.float32)
-        out = run_step(self._step, self._buffers, slice(0, n), sequence, no_text)
-        conditioning, eos = out["conditioning"], out["eos_logit"]
-        emitting = [i for i, r in enumerate(self._active) if r.chunk.observe(float(eos[i, 0]))]
-        latents: dict[int, np.ndarray] = {}
-        by_steps: dict[int, list[int]] = collections.defaultdict(list)
-        for i in emitting:
-            by_steps[self._active[i].config.lsd_steps].append(i)
-        for steps, group in by_steps.items():
-            noise = np.concatenate([self._active[i].chunk.noise() for i in group])
-            x = self._sampler.solve(conditioning[group], noise, steps)
-            for j, i in enumerate(group):
-                latents[i] = x[j : j + 1]
-        # Rows that ended (EOS, limit, bad latent) leave before the decoder sees this step.
-        for i in reversed(range(n)):
-            request = self._active[i]
-            error = None
-            if i in latents:
-                try:
-                    request.chunk.accept(latents[i])
-                    request.sequence = latents[i][:, None, :]
+    def _iterate(self) -> None:
+        """One flow-LM step for the rows that need it, flow-head steps, decode, leave."""
+        active = self._active
+        n = len(active)
+        errors: dict[int, BaseException] = {}
+        needs_lm = np.array([r.chunk.x is None for r in active])
+        if needs_lm.any():
+            started = time.perf_counter()
+            sequence = np.concatenate([r.sequence for r in active])
+            cond, eos = self._lm_step(sequence, None if needs_lm.all() else needs_lm, errors)
+            self._lm_seconds = 0.8 * self._lm_seconds + 0.2 * (time.perf_counter() - started)
+            for i in np.flatnonzero(needs_lm):
+                if i in errors or not active[i].chunk.observe(float(eos[i, 0])):
                     continue
+                try:
+                    active[i].chunk.begin(cond[i : i + 1])
                 except PocketTTSOnnxError as e:
-                    error = e
-            if error is None and request.chunks and not request.cancelled.is_set():
-                self._remove(i, None, finished=False)
-                with self._lock:
-                    self._waiting.appendleft(request)  # its next chunk goes first
-            else:
-                self._remove(i, error)
-        if self._active:
-            batch = np.stack([r.sequence[:, 0] for r in self._active], axis=0)
-            self._decoder.decode(batch, list(self._active))
+                    errors[i] = e
+        self._solve(errors)
+        emitted, latents = [], []
+        for i, request in enumerate(active):
+            chunk = request.chunk
+            if i in errors or chunk.x is None or chunk.solving:
+                continue
+            try:
+                latent = chunk.finish()
+            except PocketTTSOnnxError as e:
+                errors[i] = e
+                continue
+            request.sequence = latent[:, None, :]
+            emitted.append(i)
+            latents.append(latent)
+        if emitted:
+            self._decoder.decode(np.stack(latents), emitted)
+        for i in reversed(range(n)):
+            chunk = active[i].chunk
+            done = chunk.x is None and (chunk.finished or not chunk.active)
+            if i in errors or done or active[i].cancelled.is_set():
+                self._remove(i, errors.get(i))
 
-
-def generate_batch(tts, texts, voice, max_streams: int, **params) -> list[np.ndarray]:
-    """`PocketTTSOnnx.generate_batch`: every text through one scheduler, whole audio each."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise InvalidInputError("texts must be a list of strings (one per audio)")
-    voices = list(voice) if isinstance(voice, (list, tuple)) else [voice] * len(texts)
-    if len(voices) != len(texts):
-        raise InvalidInputError(
-            f"voice: {len(voices)} voices for {len(texts)} texts; give one, or one per text"
-        )
-    if not texts:
-        return []
-    limit = min(max_streams, len(texts)) if isinstance(max_streams, int) else max_streams
-    with BatchScheduler(tts, max_streams=limit, max_queue=len(texts)) as scheduler:
-        streams = [scheduler.submit(t, v, **params) for t, v in zip(texts, voices, strict=True)]
-        return [
-            np.concatenate([c.samples for c in s] or [np.zeros(0, np.float32)]) for s in streams
-        ]
-
-
-class _DecoderThread:
-    """Owns the batched Mimi state; applies row changes and decodes in event order."""
-
-    def __init__(self, tts, max_backlog: int):
-        self._max_backlog = max_backlog
-        self._graph = tts.graphs["mimi_decoder_batched"]
-        self._sample_rate = tts.sample_rate
-        self._ramp = tts.fade_in_ramp()
-        self._events: queue.Queue = queue.Queue()
-        self.error: Exception | None = None
-        self._thread = threading.Thread(target=self._run, name="pocket-tts-mimi", daemon=True)
-        self._thread.start()
-
-    def join(self, request: _Request) -> None:
-        self._events.put(("join", request))
-
-    def remove(self, row: int) -> None:
-        self._events.put(("remove", row))
-
-    def decode(self, latents: np.ndarray, requests: list[_Request]) -> None:
-        self._events.put(("decode", (latents, requests)))
-
-    def finish(self, request: _Request, error: BaseException | None) -> None:
-        self._events.put(("finish", (request, error)))
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._events.put(("stop", None))
-            self._thread.join()
-
-    def _run(self) -> None:
-        spec = self._graph.spec
-        states = spec.initial_states(batch=0)
-        while True:
-            kind, value = self._events.get()
-            if kind == "stop":
-                return
-            if kind == "join":
-                states = join_decoder_row(spec, states)
-                value.first_frame = True
-            elif kind == "remove":
-                last = next(iter(states.values())).shape[0] - 1
-                for name, arr in states.items():
-                    if value != last:
-                        arr[value] = arr[last]
-                    states[name] = arr[:last]
-            elif kind == "finish":
-                request, error = value
-                request.out.put(error if error is not None else _END)
-            elif kind == "decode":
-                latents, requests = value
-                if self.error is not None:  # a failed decoder: every stream ends with it
-                    for request in requests:
-                        request.out.put(self.error)
+    def _lm_step(self, sequence, keep, errors):
+        """The batched step; if it fails, each row alone, so only failing rows end."""
+        try:
+            return self._lm.step(sequence, keep)
+        except Exception as batch_error:
+            n = sequence.shape[0]
+            cond = np.zeros((n, self.core.sampler.graph.spec.inputs[0].shape[1]), np.float32)
+            eos = np.zeros((n, 1), np.float32)
+            no_text = np.zeros((1, 0, self._lm.d_model), np.float32)
+            for i in range(n):
+                if keep is not None and not keep[i]:
                     continue
                 try:
-                    out, states = self._graph.step({"latent": latents}, states)
-                except Exception as e:  # e.g. out of memory; the batch state is lost
-                    self.error = e
-                    for request in requests:
-                        request.out.put(e)
-                    continue
-                for i, request in enumerate(requests):
-                    audio = out["audio_frame"][i, 0].copy()  # a view would pin the whole batch
-                    if request.first_frame:
-                        n = min(self._ramp.shape[0], audio.shape[0])
-                        audio[:n] *= self._ramp[:n]
-                        request.first_frame = False
-                    if request.cancelled.is_set():
-                        continue
-                    if request.out.qsize() >= self._max_backlog:  # the reader stopped reading
-                        request.cancelled.set()
-                        request.out.put(QueueFullError(_too_slow(self._max_backlog)))
-                        continue
-                    request.out.put(AudioChunk(audio, self._sample_rate))
+                    out = self._lm.run(slice(i, i + 1), sequence[i : i + 1], no_text)
+                    cond[i], eos[i] = out["conditioning"][0], out["eos_logit"][0]
+                except Exception as e:
+                    errors[i] = GenerationError(f"the flow LM failed for this stream: {e}")
+            if len(errors) == n:
+                logger.error("flow-LM step failed for every row: %s", batch_error)
+            return cond, eos
+
+    def _solve(self, errors: dict) -> None:
+        """Flow-head steps: every solving row advances until the rows with the fewest steps
+        left are done, then the others go on only while the time stays under SOLVE_SHARE
+        of a flow-LM step (a row asking for many steps finishes its frame over several
+        iterations instead of holding everyone)."""
+        active = self._active
+        rows = [i for i, r in enumerate(active) if i not in errors and r.chunk.solving]
+        if not rows:
+            return
+        started = time.perf_counter()
+        least = min(c.total_solver_steps - c.solved_steps for c in (active[i].chunk for i in rows))
+        done_iterations = 0
+        while rows:
+            chunks = [active[i].chunk for i in rows]
+            cond = np.concatenate([c.conditioning for c in chunks])
+            x = np.concatenate([c.x for c in chunks])
+            done = np.array([c.solved_steps for c in chunks], dtype=np.int64)
+            total = np.array([c.total_solver_steps for c in chunks], dtype=np.int64)
+            new_x = self._advance(cond, x, done, total, rows, errors)
+            for j, (i, c) in enumerate(zip(rows, chunks, strict=True)):
+                if i not in errors:
+                    c.x, c.solved_steps = new_x[j : j + 1], c.solved_steps + 1
+            rows = [i for i in rows if i not in errors and active[i].chunk.solving]
+            done_iterations += 1
+            spent = time.perf_counter() - started
+            if done_iterations >= least and spent > SOLVE_SHARE * self._lm_seconds:
+                break
+
+    def _advance(self, cond, x, done, total, rows, errors):
+        try:
+            return self.core.sampler.advance(cond, x, done, total)
+        except Exception:
+            new_x = x.copy()
+            for j, i in enumerate(rows):
+                try:
+                    part = self.core.sampler.advance(
+                        cond[j : j + 1], x[j : j + 1], done[j : j + 1], total[j : j + 1]
+                    )
+                    new_x[j] = part[0]
+                except Exception as e:
+                    errors[i] = GenerationError(f"the flow head failed for this stream: {e}")
+            return new_x
+
+
+class _Feed:
+    """A text stream's writer side: chunks are made in the writer's thread."""
+
+    def __init__(self, scheduler: BatchScheduler, request: Request, source: FeedSource):
+        self._scheduler, self._request, self._source = scheduler, request, source
+
+    def write(self, text: str) -> None:
+        chunks = self._source.feed.write(text)
+        for chunk in chunks:
+            self._scheduler._check_chunk(chunk)
+        if chunks:
+            self._source.add(chunks)
+            self._scheduler._offer(self._request)
+
+    def end(self) -> None:
+        try:
+            chunks = self._source.feed.end()
+        except InvalidInputError as e:
+            self._source.add([], e)
+            self._scheduler._offer(self._request)
+            raise
+        self._source.add(chunks)
+        self._scheduler._offer(self._request)

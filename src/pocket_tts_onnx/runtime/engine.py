@@ -1,30 +1,30 @@
-"""The torch-free engine: a thin front over the runtime pieces.
+"""The torch-free engine: a thin front over the one generation core.
 
-text -> chunks (text.py) -> latents (generation.py: prompt, NaN-BOS loop, EOS; sampling.py:
-noise and flow-head solvers) -> audio (decoder.py: Mimi per chunk with its fade-in), with
-streaming.py overlapping the two on a worker thread. Graphs are run through StatefulGraph
-(graph.py), which loops states back by the manifest's names; voices.py checks and loads
-voices; sessions.py opens the bundle's graphs. `PocketTTSOnnx` wires these to a bundle and
-validates parameters once (config.py's GenerationConfig) in the caller's thread;
-`generate_batch` hands several texts to batching.py's scheduler.
+text -> chunks (text.py) -> the scheduler (batching.py: flow LM on B rows, flow head, EOS;
+decoding.py: Mimi with its fade-in on a second thread) -> AudioChunks. `generate`, `stream`,
+`open_stream` and `generate_batch` all run that one loop; a single stream is a batch of one.
+`PocketTTSOnnx` opens a bundle's graphs (sessions.py, graph.py), resolves voices (voices.py)
+and hands the scheduler a narrow `GenerationCore` (core.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+import threading
+import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from pocket_tts_onnx.errors import InvalidInputError, VoiceError
+from pocket_tts_onnx.errors import BundleError, InvalidInputError, VoiceError
 from pocket_tts_onnx.manifest import PRECISIONS, Manifest, resolve_in_bundle
 from pocket_tts_onnx.runtime.audio import prepare_voice_audio, read_audio
-from pocket_tts_onnx.runtime.buffered_generation import BufferedLatentGenerator
+from pocket_tts_onnx.runtime.batching import BatchScheduler
 from pocket_tts_onnx.runtime.config import GenerationConfig
-from pocket_tts_onnx.runtime.decoder import MAX_DECODE_FRAMES, ChunkDecoder, fade_in_samples
-from pocket_tts_onnx.runtime.generation import LatentGenerator
+from pocket_tts_onnx.runtime.core import CORE_GRAPHS, GenerationCore
+from pocket_tts_onnx.runtime.decoder import MAX_DECODE_FRAMES, ChunkDecoder
 from pocket_tts_onnx.runtime.graph import GraphSet, StatefulGraph
 from pocket_tts_onnx.runtime.sampling import FlowSampler
 from pocket_tts_onnx.runtime.sessions import (
@@ -32,7 +32,7 @@ from pocket_tts_onnx.runtime.sessions import (
     open_bundle_graph,
     verify_bundle_graph,
 )
-from pocket_tts_onnx.runtime.streaming import AudioChunk, stream_audio
+from pocket_tts_onnx.runtime.streams import AudioChunk, BatchStream, TextStream
 from pocket_tts_onnx.runtime.tokenizer import Tokenizer, load_tokenizer
 from pocket_tts_onnx.runtime.voice_file import (
     expected_from_spec,
@@ -48,8 +48,7 @@ from pocket_tts_onnx.runtime.voices import (
     readonly,
     states_from_upstream,
 )
-from pocket_tts_onnx.specs import GRAPH_NAMES
-from pocket_tts_onnx.text import TextChunk, iter_chunk_tokens, text_to_chunk_tokens
+from pocket_tts_onnx.text import TextChunk, text_to_chunk_tokens
 
 __all__ = [
     "MAX_DECODE_FRAMES",
@@ -63,8 +62,21 @@ __all__ = [
 ]
 
 VoiceArg = Voice | str | None
-FAST_KV = "flow_lm_step"
 SessionFactory = Callable[[str], ort.InferenceSession]
+# Opened when the engine is built; the other graphs (the contract flow_lm_main and
+# mimi_decoder, kept for third-party runtimes) only if something asks for them.
+EAGER_GRAPHS = (*CORE_GRAPHS, "mimi_encoder")
+# Streams the engine's own scheduler runs at once (calls from several threads share steps).
+ENGINE_STREAMS = 8
+
+
+def _require_variants(manifest: Manifest) -> None:
+    missing = [name for name in CORE_GRAPHS if name not in manifest.graphs]
+    if missing:
+        raise BundleError(
+            f"this bundle has no {', '.join(missing)} graph(s), which this runtime generates "
+            "with: re-export it with this version of pocket-tts-onnx"
+        )
 
 
 class PocketTTSOnnx:
@@ -78,11 +90,9 @@ class PocketTTSOnnx:
         bundle: str | os.PathLike[str] | None = None,
         session_factory: SessionFactory | None = None,
     ):
-        # With the fast-KV variant, flow_lm_main opens only if something asks for it.
-        lazy_main = session_factory is not None and FAST_KV in manifest.graphs
-        missing = [
-            g for g in GRAPH_NAMES if g not in sessions and not (lazy_main and g == "flow_lm_main")
-        ]
+        _require_variants(manifest)
+        required = EAGER_GRAPHS if session_factory is None else ()
+        missing = [g for g in required if g not in sessions]
         if missing:
             raise InvalidInputError(f"sessions missing for graphs: {', '.join(missing)}")
         unknown = sorted(set(sessions) - set(manifest.graphs))
@@ -91,28 +101,21 @@ class PocketTTSOnnx:
         self.manifest = manifest
         self.tokenizer = tokenizer
         self._graphs = GraphSet(manifest, dict(sessions), session_factory)
-        self._sampler = FlowSampler(
-            self._graphs["flow_lm_flow"], manifest.flow_type, manifest.latent_dim
-        )
         self._main_spec = manifest.graphs["flow_lm_main"].spec
-        if FAST_KV in self._graphs:  # same results, no cache copy per step
-            self._generator = BufferedLatentGenerator(
-                manifest, self._graphs["text_conditioner"], self._graphs[FAST_KV],
-                self._sampler, self._main_spec,
-            )  # fmt: skip
-        else:
-            self._generator = LatentGenerator(
-                manifest, self._graphs["text_conditioner"], self._graphs["flow_lm_main"],
-                self._sampler,
-            )  # fmt: skip
-        self._fade_in = fade_in_samples(manifest.sample_rate, manifest.defaults.fade_in_seconds)
-        main = manifest.graphs["flow_lm_main"]
-        self.model_id = main.digest(main.files["fp32"])
+        # The core reaches the voice catalog through a weak reference: the scheduler threads
+        # hold the core, and must not keep an unused engine (and themselves) alive.
+        start_state = weakref.WeakMethod(self._start_state)
+        self._core = GenerationCore(
+            manifest, self._graphs, tokenizer, lambda voice: start_state()(voice)
+        )
+        self.model_id = manifest.model_id
         self._voices = VoiceCatalog(
             manifest,
             Path(bundle) if bundle is not None else None,
             lambda path: self.load_voice(path, check_model=False),
         )
+        self._scheduler: BatchScheduler | None = None
+        self._scheduler_lock = threading.Lock()
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -135,11 +138,8 @@ class PocketTTSOnnx:
         bundle = Path(bundle)
         manifest = Manifest.load(bundle)
 
-        eager = [
-            name
-            for name in GRAPH_NAMES
-            if not (name == "flow_lm_main" and FAST_KV in manifest.graphs)
-        ]
+        _require_variants(manifest)
+        eager = EAGER_GRAPHS
         if verify_checksums:  # graphs opened on first use are checked now, not then
             for name in manifest.graphs:
                 if name not in eager:
@@ -183,20 +183,25 @@ class PocketTTSOnnx:
 
     @property
     def sampler(self) -> FlowSampler:
-        """Noise and the flow head's solver (used by the benchmark and batch schedulers)."""
-        return self._sampler
+        """Noise and the flow head's solver (used by the benchmark)."""
+        return self._core.sampler
+
+    @property
+    def core(self) -> GenerationCore:
+        """The narrow object a `BatchScheduler` drives (graphs, text rules, defaults)."""
+        return self._core
 
     def generation_config(self, **overrides) -> GenerationConfig:
         """The manifest's defaults with `overrides` (None = default), validated."""
-        return GenerationConfig.from_manifest(self.manifest, **overrides)
+        return self._core.config(None, **overrides)
 
     def new_decoder(self) -> ChunkDecoder:
         """A fresh Mimi decoder for one text chunk (its first samples are faded in)."""
-        return ChunkDecoder(self._graphs["mimi_decoder"], self._fade_in)
+        return ChunkDecoder(self._graphs["mimi_decoder_batched"], self._core.fade_in)
 
     def fade_in_ramp(self) -> np.ndarray:
         """The gain applied to each chunk's first samples (manifest's fade_in_seconds)."""
-        return np.linspace(0.0, 1.0, self._fade_in, dtype=np.float32)
+        return np.linspace(0.0, 1.0, self._core.fade_in, dtype=np.float32)
 
     def text_chunks(self, text: str) -> list[TextChunk]:
         """`text` split and tokenized into chunks by the manifest's rules (as upstream)."""
@@ -236,7 +241,7 @@ class PocketTTSOnnx:
                 raise VoiceError("voice audio must be a path or a (samples, sample_rate) tuple")
             samples, rate = audio
         elif isinstance(audio, (str, os.PathLike)):
-            samples, rate = read_audio(audio)
+            samples, rate = read_audio(audio, 30.0 if truncate else None)  # decode no more
             source = str(audio)
         else:
             raise VoiceError(
@@ -253,8 +258,10 @@ class PocketTTSOnnx:
                 f"encoding the {mono.shape[0] / self.sample_rate:.0f} s voice prompt failed "
                 f"({str(e)[:200]}); use a shorter prompt or truncate=True"
             ) from e
-        states = self._generator.voice_states(latents, self.empty_state())
-        return Voice(readonly(states), self.model_id)
+        flow_lm = self._core.flow_lm(rows=1)  # this thread's own rows, not the scheduler's
+        flow_lm.load(0, self.empty_state())
+        flow_lm.prompt(0, latents)
+        return Voice(readonly(flow_lm.states(0)), self.model_id)
 
     def load_voice(self, path: str | os.PathLike[str], check_model: bool = True) -> Voice:
         """Load a voice saved by `Voice.save` (.npz) or upstream `export-voice` (.safetensors)."""
@@ -302,107 +309,75 @@ class PocketTTSOnnx:
 
     # ------------------------------------------------------------------- generation
     def generate(
-        self,
-        text: str,
-        voice: VoiceArg = None,
-        *,
-        temperature: float | None = None,
-        lsd_steps: int | None = None,
-        eos_threshold: float | None = None,
-        frames_after_eos: int | None = None,
-        noise_clamp: float | None = None,
-        seed: int | None = None,
-        max_frames: int | None = None,
-        config: GenerationConfig | None = None,
+        self, text: str, voice: VoiceArg = None, *, config: GenerationConfig | None = None, **params
     ) -> np.ndarray:
-        """Synthesize `text`; returns mono float32 audio at `sample_rate`. Parameters as in
-        `stream`. Runs in the calling thread and decodes in fixed blocks, so the result is
-        the same to the bit for the same seed (stream's blocks depend on timing)."""
-        config = self._config(
-            config,
-            temperature=temperature,
-            lsd_steps=lsd_steps,
-            eos_threshold=eos_threshold,
-            frames_after_eos=frames_after_eos,
-            noise_clamp=noise_clamp,
-            seed=seed,
-            max_frames=max_frames,
-        )
-        start = self._start_state(voice)
-        chunks = self.text_chunks(text)
-        rng = np.random.default_rng(config.seed)
-        pieces = []
-        for chunk in chunks:
-            decoder = self.new_decoder()
-            block: list[np.ndarray] = []
-            for latent in self._generator.chunk_latents(chunk, start, config, rng):
-                block.append(latent)
-                if len(block) == MAX_DECODE_FRAMES:
-                    pieces.append(decoder.decode(block))
-                    block = []
-            if block:
-                pieces.append(decoder.decode(block))
-        if not pieces:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(pieces)
+        """Synthesize `text`; returns mono float32 audio at `sample_rate`. `params` are
+        GenerationConfig fields (None = the manifest's default), on top of `config`. With a
+        seed, the same call gives the same audio to the bit when it runs alone (streams from
+        other threads share its model calls, which changes float rounding only)."""
+        stream = self.stream(text, voice, config=config, **params)
+        try:
+            pieces = [chunk.samples for chunk in stream]
+        finally:
+            stream.cancel()
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
 
     def stream(
-        self,
-        text: str,
-        voice: VoiceArg = None,
-        *,
-        temperature: float | None = None,
-        lsd_steps: int | None = None,
-        eos_threshold: float | None = None,
-        frames_after_eos: int | None = None,
-        noise_clamp: float | None = None,
-        seed: int | None = None,
-        max_frames: int | None = None,
-        first_chunk_frames: int | None = None,
-        config: GenerationConfig | None = None,
-    ) -> Iterator[AudioChunk]:
-        """Yield audio as it is made: latents are generated on a worker thread while this
-        generator decodes them. `voice`: a Voice, a bundle voice name, None (the bundle's
-        default voice, if any) or NO_VOICE. `None` parameters take the manifest's defaults
-        (or `config`'s); `max_frames` replaces upstream's per-chunk length estimate;
-        `first_chunk_frames` latents are decoded for the first audio chunk, later chunks take
-        whatever is ready. Closing the generator stops the worker."""
-        config = self._config(
-            config,
-            temperature=temperature,
-            lsd_steps=lsd_steps,
-            eos_threshold=eos_threshold,
-            frames_after_eos=frames_after_eos,
-            noise_clamp=noise_clamp,
-            seed=seed,
-            max_frames=max_frames,
-            first_chunk_frames=first_chunk_frames,
-        )
-        # Bad input fails here, in the caller's thread, before any work starts. Chunks are made
-        # as they are needed: the first audio of a long text does not wait for all of it.
-        start = self._start_state(voice)
-        chunks = iter_chunk_tokens(text, self.tokenizer, self.manifest.text)
-        return stream_audio(
-            self._generator, self.new_decoder, chunks, start, config, self.sample_rate
-        )
+        self, text: str, voice: VoiceArg = None, *, config: GenerationConfig | None = None, **params
+    ) -> BatchStream:
+        """Yield AudioChunks as they are made (the flow LM and Mimi run on two threads).
+        `voice`: a Voice, a bundle voice name, None (the bundle's default voice, if any) or
+        NO_VOICE. `params` are GenerationConfig fields (temperature, lsd_steps, eos_threshold,
+        frames_after_eos, noise_clamp, seed, max_frames, first_chunk_frames). Bad input
+        raises here, in the caller's thread; `close()` (or `cancel()`) stops the stream."""
+        return self._engine_scheduler().submit(text, voice, config, **params)
+
+    def open_stream(
+        self, voice: VoiceArg = None, *, config: GenerationConfig | None = None, **params
+    ) -> TextStream:
+        """Speak text while it is being written (e.g. an LLM's output): `write(piece)` as it
+        arrives, `end()` at the end, and iterate (or `async for`) over AudioChunks. Each
+        sentence starts as soon as it is complete; each text chunk's audio is followed by an
+        AudioChunk with `end_of_text` set."""
+        return self._engine_scheduler().open_stream(voice, config, **params)
 
     def generate_batch(
         self, texts: list[str], voice: VoiceArg | list[VoiceArg] = None, *,
-        max_streams: int = 8, **params,
+        max_streams: int = 8, config: GenerationConfig | None = None, **params,
     ) -> list[np.ndarray]:  # fmt: skip
-        """Synthesize several texts with shared model calls (continuous batching, at most
-        `max_streams` at once); `voice` is one voice for all or one per text, `params` as in
-        `generate`. Each result equals `generate(text, voice, **params)` within float
-        rounding. Needs a bundle exported with the batched graph variants."""
-        from pocket_tts_onnx.runtime.batching import generate_batch
-
-        return generate_batch(self, texts, voice, max_streams, **params)
-
-    def _config(self, config: GenerationConfig | None, **overrides) -> GenerationConfig:
-        if config is None:
-            return GenerationConfig.from_manifest(self.manifest, **overrides)
-        if not isinstance(config, GenerationConfig):
+        """Synthesize several texts with shared model calls (at most `max_streams` at
+        once); `voice` is one voice for all or one per text, `params` as in `generate`."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InvalidInputError("texts must be a list of strings (one per audio)", "text")
+        voices = list(voice) if isinstance(voice, (list, tuple)) else [voice] * len(texts)
+        if len(voices) != len(texts):
             raise InvalidInputError(
-                f"config must be a GenerationConfig, got {type(config).__name__}"
+                f"voice: {len(voices)} voices for {len(texts)} texts; give one, or one per text",
+                "voice",
             )
-        return config.with_overrides(**overrides)
+        if not texts:
+            return []
+        limit = min(max_streams, len(texts)) if isinstance(max_streams, int) else max_streams
+        with BatchScheduler(self._core, max_streams=limit, max_queue=len(texts)) as scheduler:
+            streams = [
+                scheduler.submit(t, v, config, **params) for t, v in zip(texts, voices, strict=True)
+            ]
+            return [
+                np.concatenate([c.samples for c in s] or [np.zeros(0, np.float32)]) for s in streams
+            ]
+
+    def close(self) -> None:
+        """Stop the engine's scheduler threads (they also stop when the engine is collected)."""
+        with self._scheduler_lock:
+            if self._scheduler is not None:
+                self._scheduler.close()
+                self._scheduler = None
+
+    def _engine_scheduler(self) -> BatchScheduler:
+        with self._scheduler_lock:
+            if self._scheduler is None or not self._scheduler.alive:
+                self._scheduler = BatchScheduler(
+                    self._core, max_streams=ENGINE_STREAMS, max_queue=1 << 20
+                )
+                weakref.finalize(self, self._scheduler.close)
+            return self._scheduler

@@ -1,13 +1,10 @@
-"""State holders for the batched graph variants (docs/state-design.md).
+"""The flow LM's state holder: K/V rows of every active stream (docs/state-design.md).
 
-`KVBuffers` keeps the flow LM's keys and values for several streams in preallocated
-buffers [rows, H_kv, capacity, d]: `flow_lm_step` reads them without copying and returns
-only the new rows, which are written in place. Capacity doubles when needed, so the cost of
-growing is amortised and a step never copies the cache.
-
-`join_decoder_row` / `drop_decoder_row` add and remove streams of `mimi_decoder_batched`:
-a new row is all zeros, and its K/V window rows sit at negative positions, so the graph
-masks them whatever the other rows' window length is.
+`KVBuffers` keeps keys and values in buffers [rows, H_kv, capacity, d]: `flow_lm_step` reads
+them without copying and returns only the new rows, which are written in place. Memory
+follows the streams that need it: capacity doubles when a row needs more (amortised, a step
+never copies the cache), never beyond the `limit` the scheduler sets from the active rows'
+worst case, and `fit` reallocates smaller when long streams leave, so memory comes back.
 """
 
 from __future__ import annotations
@@ -17,21 +14,32 @@ import numpy as np
 from pocket_tts_onnx.errors import BundleError
 from pocket_tts_onnx.specs import GraphSpec
 
+__all__ = ["KVBuffers", "filled_positions", "states_from_buffers"]
+
 POSITION = "position"
+# Capacity is allocated in multiples of this many positions.
+GRANULE = 64
+
+
+def _round_up(n: int) -> int:
+    return max(GRANULE, -(-n // GRANULE) * GRANULE)
 
 
 class KVBuffers:
     """K/V rows of up to `rows` streams for `flow_lm_step`; row r holds positions
     [0, positions[r])."""
 
-    def __init__(self, spec: GraphSpec, rows: int, capacity: int = 64):
+    def __init__(self, spec: GraphSpec, rows: int = 1, capacity: int = GRANULE):
         if not spec.buffers:
             raise BundleError(f"graph {spec.name} has no K/V buffers")
         self.spec = spec
         self.positions = np.zeros(rows, dtype=np.int64)
-        self.arrays = {
-            b.name: np.zeros((rows, b.shape[1], max(capacity, 1), b.shape[3]), dtype=b.dtype)
-            for b in spec.buffers
+        self.arrays = self._alloc(rows, _round_up(capacity))
+
+    def _alloc(self, rows: int, capacity: int) -> dict[str, np.ndarray]:
+        return {
+            b.name: np.zeros((rows, b.shape[1], capacity, b.shape[3]), dtype=b.dtype)
+            for b in self.spec.buffers
         }
 
     @property
@@ -42,21 +50,57 @@ class KVBuffers:
     def capacity(self) -> int:
         return next(iter(self.arrays.values())).shape[2]
 
-    def reserve(self, needed: int, rows: int | None = None) -> None:
-        """Make room for `needed` positions in every row (and for `rows` rows)."""
-        rows = max(rows or self.rows, self.rows)
-        capacity = self.capacity
-        while capacity < needed:
-            capacity *= 2
-        if capacity == self.capacity and rows == self.rows:
-            return
+    @property
+    def bytes_per_position(self) -> int:
+        """Bytes one position of one row costs, over every layer's keys and values."""
+        return sum(
+            int(b.shape[1]) * int(b.shape[3]) * np.dtype(b.dtype).itemsize
+            for b in self.spec.buffers
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def _resize(self, rows: int, capacity: int) -> None:
+        """Reallocate to exactly `rows` x `capacity`, keeping every kept row's positions."""
+        keep_rows = min(rows, self.rows)
+        used = int(self.positions[:keep_rows].max(initial=0))
+        if used > capacity:
+            raise ValueError(f"cannot shrink K/V capacity to {capacity}: {used} in use")
+        new = self._alloc(rows, capacity)
         for name, old in self.arrays.items():
-            new = np.zeros((rows, old.shape[1], capacity, old.shape[3]), dtype=old.dtype)
-            new[: old.shape[0], :, : old.shape[2]] = old
-            self.arrays[name] = new
+            new[name][:keep_rows, :, :used] = old[:keep_rows, :, :used]
+        self.arrays = new
         positions = np.zeros(rows, dtype=np.int64)
-        positions[: self.positions.shape[0]] = self.positions
+        positions[:keep_rows] = self.positions[:keep_rows]
         self.positions = positions
+
+    def reserve(self, needed: int, rows: int | None = None, limit: int | None = None) -> None:
+        """Room for `needed` positions in every row (and at least `rows` rows): capacity
+        doubles, but not beyond `limit` (the most any active row can need)."""
+        rows = max(rows or 0, self.rows)
+        capacity = self.capacity
+        if needed > capacity:
+            capacity = max(needed, 2 * capacity)
+            if limit is not None:
+                capacity = max(needed, min(capacity, limit))
+            capacity = _round_up(capacity)
+        if capacity != self.capacity or rows != self.rows:
+            self._resize(rows, capacity)
+
+    def reset(self, rows: int, capacity: int) -> None:
+        """Exactly `rows` empty rows of `capacity` positions (a stream alone gets the same
+        buffers every time, so its audio is the same to the bit)."""
+        self.positions = np.zeros(rows, dtype=np.int64)
+        self.arrays = self._alloc(rows, _round_up(capacity))
+
+    def fit(self, rows: int, capacity: int) -> None:
+        """Shrink to `rows` rows and `capacity` positions when that frees at least half of the
+        memory (hysteresis: a stream joining and leaving does not reallocate every time)."""
+        rows, capacity = max(rows, 0), _round_up(capacity)
+        if rows * capacity * 2 <= self.rows * self.capacity:
+            self._resize(rows, capacity)
 
     def feeds(self, rows: slice) -> dict[str, np.ndarray]:
         """Inputs for a call on `rows` (a slice: views of the buffers, no copies)."""
@@ -64,13 +108,11 @@ class KVBuffers:
         feeds[POSITION] = self.positions[rows]
         return feeds
 
-    def prepare(self, rows: slice, new: int) -> dict[str, np.ndarray]:
-        """Reserve room for `new` more positions in `rows`, then return their feeds."""
-        self.reserve(int(self.positions[rows].max(initial=0)) + new)
-        return self.feeds(rows)
-
-    def append(self, rows: slice, outputs: dict[str, np.ndarray]) -> None:
-        """Write a call's new K/V rows at each row's position and advance the positions."""
+    def append(
+        self, rows: slice, outputs: dict[str, np.ndarray], keep: np.ndarray | None = None
+    ) -> None:
+        """Write a call's new K/V rows at each row's position and advance the positions;
+        rows where `keep` is False are left as they were (their step is discarded)."""
         indices = range(*rows.indices(self.rows))
         new = 0
         for b in self.spec.buffers:
@@ -78,9 +120,11 @@ class KVBuffers:
             new = out.shape[2]
             target = self.arrays[b.name]
             for i, row in enumerate(indices):
-                start = self.positions[row]
-                target[row, :, start : start + new] = out[i]
-        self.positions[rows] += new
+                if keep is None or keep[i]:
+                    start = self.positions[row]
+                    target[row, :, start : start + new] = out[i]
+        advance = new if keep is None else new * np.asarray(keep, dtype=np.int64)
+        self.positions[rows] += advance
 
     def load(self, row: int, states: dict[str, np.ndarray], filled: int) -> None:
         """Fill `row` from flow_lm_main states (a voice) holding `filled` real positions
@@ -97,21 +141,6 @@ class KVBuffers:
         for arr in self.arrays.values():
             arr[dst, :, :used] = arr[src, :, :used]
         self.positions[dst] = used
-
-
-def join_decoder_row(spec: GraphSpec, states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Batched decoder states with one fresh stream appended as the last row."""
-    out = {}
-    for s in spec.states:
-        value = states[s.name]
-        row = np.zeros((1, *value.shape[1:]), dtype=value.dtype)
-        out[s.name] = np.concatenate([value, row])
-    return out
-
-
-def drop_decoder_row(spec: GraphSpec, states: dict[str, np.ndarray], row: int):
-    """Batched decoder states without `row`."""
-    return {s.name: np.delete(states[s.name], row, axis=0) for s in spec.states}
 
 
 def filled_positions(main_spec: GraphSpec, states: dict[str, np.ndarray]) -> int:

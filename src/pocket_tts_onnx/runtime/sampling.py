@@ -58,31 +58,41 @@ class FlowSampler:
         if not np.isfinite(x).all():
             raise NonFiniteError(
                 f"temperature {temperature:g} makes the noise overflow float32: lower the "
-                "temperature (the manifest's default is the model's usual value)"
+                "temperature (the manifest's default is the model's usual value)",
+                param="temperature",
             )
         return x
+
+    def steps(self, lsd_steps: int) -> int:
+        """Graph calls one latent takes: `lsd_steps` for the iterative heads, else one."""
+        return lsd_steps if self.flow_type in ("lsd", "flow_matching") else 1
+
+    def advance(
+        self, conditioning: np.ndarray, x: np.ndarray, done: np.ndarray, total: np.ndarray
+    ) -> np.ndarray:
+        """One solver step for each row: row i is at step `done[i]` of `total[i]` (rows may
+        be at different steps, so a row with many steps never makes the others wait for
+        all of them). Returns the new x [B, L]."""
+        inputs = {"c": conditioning, "x": x}
+        n = total.astype(np.float32)[:, None]
+        if self.flow_type == "lsd":
+            inputs["s"] = (done / total).astype(np.float32)[:, None]
+            inputs["t"] = ((done + 1) / total).astype(np.float32)[:, None]
+        elif self.flow_type == "flow_matching":
+            inputs["t"] = (done / total).astype(np.float32)[:, None]
+        head = self.graph.run(inputs)["flow_dir"]
+        if self.flow_type == "drifting":
+            return head.astype(np.float32, copy=False)
+        if self.flow_type == "pointwise":
+            return (x + head).astype(np.float32, copy=False)
+        return (x + head / n).astype(np.float32, copy=False)
 
     def solve(self, conditioning: np.ndarray, x: np.ndarray, steps: int) -> np.ndarray:
         """Decode noise `x` [B, L] under `conditioning` [B, Dz] into latents [B, L]."""
         rows = x.shape[0]
-
-        def head(**times: float) -> np.ndarray:
-            inputs = {"c": conditioning, "x": x}
-            for name, value in times.items():
-                inputs[name] = np.full((rows, 1), value, dtype=np.float32)
-            return self.graph.run(inputs)["flow_dir"]
-
-        n = steps
-        if self.flow_type == "lsd":
-            for i in range(n):
-                x = x + head(s=i / n, t=(i + 1) / n) / n
-        elif self.flow_type == "flow_matching":
-            for i in range(n):
-                x = x + head(t=i / n) / n
-        elif self.flow_type == "drifting":
-            x = head()
-        else:  # pointwise
-            x = x + head()
+        total = np.full(rows, steps, dtype=np.int64)
+        for i in range(self.steps(steps)):
+            x = self.advance(conditioning, x, np.full(rows, i, dtype=np.int64), total)
         return x.astype(np.float32, copy=False)
 
     def sample(

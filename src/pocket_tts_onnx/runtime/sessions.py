@@ -33,22 +33,24 @@ def verify_bundle_graph(
     bundle: Path, manifest: Manifest, name: str, precision: str, digest: bool = True
 ) -> Path:
     """The path of graph `name` at `precision`, checked present and (with `digest`) equal to
-    the manifest's sha256."""
+    the manifest's sha256, with the files it reads its weights from (ONNX external data)."""
+    manifest.require_precision(precision)
     entry = manifest.graphs[name]
     if precision not in entry.files:
         raise BundleError(
             f"{bundle} has no {precision} file for {name}: re-export with "
             "--quantize, or load with precision='fp32'"
         )
-    path = resolve_in_bundle(bundle, entry.files[precision])
-    if not path.is_file():
-        raise BundleError(f"{path} is missing from the bundle; re-export it")
-    if digest and file_sha256(path) != entry.digest(entry.files[precision]):
-        raise BundleError(
-            f"{path} does not match the sha256 in manifest.json: the file is corrupted "
-            "or was replaced; re-export or re-download the bundle"
-        )
-    return path
+    for file in entry.bundle_files(precision):
+        path = resolve_in_bundle(bundle, file)
+        if not path.is_file():
+            raise BundleError(f"{path} is missing from the bundle; re-export it")
+        if digest and file_sha256(path) != entry.digest(file):
+            raise BundleError(
+                f"{path} does not match the sha256 in manifest.json: the file is corrupted "
+                "or was replaced; re-export or re-download the bundle"
+            )
+    return resolve_in_bundle(bundle, entry.files[precision])
 
 
 def default_session_options(threads: int | None = None) -> ort.SessionOptions:

@@ -190,9 +190,11 @@ class VoiceCatalog:
         entry = self._manifest.voices.get(name)
         if entry is None:
             have = ", ".join(self.names) or "none: this bundle has no voices"
+            same = [n for n in self.names if isinstance(name, str) and n.lower() == name.lower()]
+            hint = f"did you mean {same[0]!r}? (names are case-sensitive) " if same else ""
             raise VoiceError(
-                f"voice {name!r} is not in this bundle (available: {have}); for a file, use "
-                "load_voice(path)"
+                f"voice {name!r} is not in this bundle; {hint}available: {have}; for a file, "
+                "use load_voice(path)"
             )
         with self._lock:
             if name in self._cache:

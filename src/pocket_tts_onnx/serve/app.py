@@ -14,18 +14,19 @@ import time
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-from pocket_tts_onnx.serve.encoding import supported_formats
+from pocket_tts_onnx.runtime.encoding import supported_formats
 from pocket_tts_onnx.serve.limits import ServeConfig
 from pocket_tts_onnx.serve.plumbing import (
     ApiError,
     RequestContextMiddleware,
     install_error_handlers,
 )
-from pocket_tts_onnx.serve.scheduler import make_scheduler, scheduler_stats
+from pocket_tts_onnx.serve.scheduler import make_scheduler
 from pocket_tts_onnx.serve.speech import router as speech_router
 from pocket_tts_onnx.serve.voices import VoiceStore
 from pocket_tts_onnx.serve.websocket import router as websocket_router
@@ -38,12 +39,13 @@ REPO_WEB_DIST = Path(__file__).resolve().parents[3] / "web" / "dist"
 class ServeState:
     """Everything the endpoints share. Holds no per-request state between requests."""
 
-    def __init__(self, tts, bundle: Path, config: ServeConfig, scheduler, scheduler_kind: str):
+    def __init__(self, tts, bundle: Path, config: ServeConfig, scheduler):
         self.tts, self.bundle, self.config = tts, Path(bundle), config
-        self.scheduler, self.scheduler_kind = scheduler, scheduler_kind
+        self.scheduler = scheduler
         self.sample_rate = tts.sample_rate
         self.formats = supported_formats(self.sample_rate)
         self.voices = VoiceStore(tts, bundle, config.voices_dir, config.voice_cache_size)
+        self.voices.check_bundle_voices()  # a damaged voice: refuse to start
         # Threads that wait on the model: every running or queued stream may hold one, plus
         # a few for voice encoding; the default pool stays free for everything else.
         self.limiter = anyio.CapacityLimiter(config.max_streams + config.max_queue + 4)
@@ -63,15 +65,13 @@ def create_app(
     bundle: Path,
     config: ServeConfig | None = None,
     scheduler=None,
-    scheduler_kind: str = "auto",
 ) -> FastAPI:
-    """An app serving one loaded engine. `scheduler` overrides the automatic choice."""
+    """An app serving one loaded engine. `scheduler` replaces the engine's batch scheduler
+    (tests)."""
     config = config or ServeConfig()
     if scheduler is None:
-        scheduler, scheduler_kind = make_scheduler(
-            tts, config.max_streams, config.max_queue, scheduler_kind
-        )
-    state = ServeState(tts, bundle, config, scheduler, scheduler_kind)
+        scheduler = make_scheduler(tts, config)
+    state = ServeState(tts, bundle, config, scheduler)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -81,19 +81,29 @@ def create_app(
     app = FastAPI(title="pocket-tts-onnx", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.serve = state
     install_error_handlers(app, config.retry_after_s)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=config.max_body_bytes,
+        max_json_bytes=config.max_json_bytes,
+        body_timeout_s=config.body_timeout_s,
+    )
     app.include_router(speech_router)
     app.include_router(websocket_router)
 
     @app.get("/health")
     async def health():
         manifest = tts.manifest
-        return {
-            "status": "ok",
+        alive = state.scheduler.alive
+        if not alive:  # say so (load balancers take the replica out), then start a new one
+            current = getattr(state.scheduler, "current", None)
+            if current is not None:
+                current()
+        body = {
+            "status": "ok" if alive else "scheduler stopped (restarting)",
             # HTTP side: responses streaming, requests waiting for their first audio.
             "streams": {"active": state.active, "pending": state.pending},
             # Generation side, as the scheduler reports it (active rows, waiting requests).
-            "scheduler": {"kind": state.scheduler_kind, **scheduler_stats(state.scheduler)},
+            "scheduler": state.scheduler.stats(),
             "voice_cache": {
                 "size": len(state.voices.cache),
                 "hits": state.voices.cache.hits,
@@ -107,6 +117,7 @@ def create_app(
             },
             "uptime_s": round(time.time() - state.started, 1),
         }
+        return body if alive else JSONResponse(body, status_code=503)
 
     @app.get("/v1/voices")
     async def voices():
@@ -124,6 +135,7 @@ def create_app(
 def _mount_web(app: FastAPI, bundle: Path, dist: Path | None) -> None:
     """The browser demo with its bundle at /bundle/ (same layout as web/serve.py)."""
     if dist is not None and (Path(dist) / "index.html").is_file():
+        _method_not_allowed(app)  # before the page's catch-all mount at /
         app.mount("/bundle", StaticFiles(directory=bundle), name="bundle")
         app.mount("/", StaticFiles(directory=dist, html=True), name="web")
         return
@@ -136,6 +148,30 @@ def _mount_web(app: FastAPI, bundle: Path, dist: Path | None) -> None:
             "</p><p>The web demo is not built: run <code>npm ci --prefix web &amp;&amp; npm "
             "--prefix web run build</code> and restart (or pass <code>--web-dist</code>).</p>"
         )
+
+
+def _method_not_allowed(app: FastAPI) -> None:
+    """405 for another method on an API route. Without this a GET /tts falls through to the
+    page mounted at / and gets 404, which hides that the route exists."""
+    for route in [*speech_router.routes, *app.routes]:  # included routers are not expanded
+        methods = getattr(route, "methods", None)
+        if not methods or not isinstance(route, APIRoute):
+            continue
+        allow = ", ".join(sorted(methods))
+        others = sorted({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"} - set(methods))
+        app.add_api_route(route.path, _refuser(allow), methods=others, include_in_schema=False)
+
+
+def _refuser(allow: str):
+    async def refuse(request: Request):
+        raise ApiError(
+            405,
+            f"{request.method} is not allowed on {request.url.path}; use {allow}",
+            code="method_not_allowed",
+            headers={"Allow": allow},
+        )
+
+    return refuse
 
 
 __all__ = ["ApiError", "REPO_WEB_DIST", "ServeState", "create_app"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 from pathlib import Path
 
 from pocket_tts_onnx.errors import PocketTTSOnnxError
@@ -22,19 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 opens the "
         "server to the network: put it behind a proxy with TLS/auth if it is public)",
     )
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 0-65535 (default: 8000)")
     p.add_argument(
         "--precision", choices=["int8", "fp32"], default="int8", help="graphs (default: int8)"
     )
     p.add_argument(
         "--threads", type=int, help="intra-op threads per ONNX session (default: the engine's)"
-    )
-    p.add_argument(
-        "--scheduler",
-        choices=["auto", "batched", "threads"],
-        default="auto",
-        help="batched: all streams share each model call; threads: one thread per stream; "
-        "auto: batched when the bundle has the batched graphs (default: auto)",
     )
     p.add_argument(
         "--voices-dir",
@@ -54,7 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ("max_text_chars", "characters of text per request (413 above)"),
         ("max_upload_bytes", "voice upload size (413 above)"),
         ("voice_cache_size", "computed voices kept in the LRU cache (~18 MB each, english)"),
-        ("max_frames_limit", "largest max_frames a request may ask for"),
+        (
+            "max_kv_mb",
+            "flow-LM K/V memory for all streams together, MB (a request waits "
+            "for room; 400 if it alone needs more)",
+        ),
+        ("body_timeout_s", "seconds a request body may take to arrive (408 after)"),
         ("ws_idle_timeout_s", "seconds a WebSocket stream may wait for its next text"),
     ):
         default = getattr(_DEFAULTS, name)
@@ -72,6 +71,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _port(value: str) -> int:
+    """argparse type: a TCP port, refused with a usage line (not a traceback at bind)."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535)")
+    return port
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The bound listening socket, so that a busy port or a bad host is one clear error
+    before anything claims the server is up."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise PocketTTSOnnxError(f"--host {host}: cannot resolve it ({e.strerror})") from e
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise PocketTTSOnnxError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port (or "
+            "stop the server using it)"
+        ) from e
+    return sock
+
+
 def run(args) -> None:
     try:
         import fastapi  # noqa: F401
@@ -84,8 +116,7 @@ def run(args) -> None:
             "`pip install -e '.[serve]'` (fastapi, uvicorn, python-multipart, websockets)"
         ) from e
 
-    from pocket_tts_onnx import PocketTTSOnnx
-    from pocket_tts_onnx.serve.app import REPO_WEB_DIST, create_app
+    from pocket_tts_onnx.serve.app import REPO_WEB_DIST
 
     web = None if args.no_web else (args.web_dist or REPO_WEB_DIST)
     config = ServeConfig(
@@ -94,7 +125,8 @@ def run(args) -> None:
         max_text_chars=args.max_text_chars,
         max_upload_bytes=args.max_upload_bytes,
         voice_cache_size=args.voice_cache_size,
-        max_frames_limit=args.max_frames_limit,
+        max_kv_mb=args.max_kv_mb,
+        body_timeout_s=args.body_timeout_s,
         ws_idle_timeout_s=args.ws_idle_timeout_s,
         voices_dir=args.voices_dir,
         web_dist=web,
@@ -102,21 +134,35 @@ def run(args) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    sock = _listen(args.host, args.port)  # a busy port fails before the model loads
+    try:
+        _serve(args, config, sock, uvicorn)
+    finally:
+        sock.close()
+
+
+def _serve(args, config: ServeConfig, sock: socket.socket, uvicorn) -> None:
+    from pocket_tts_onnx import PocketTTSOnnx
+    from pocket_tts_onnx.serve.app import create_app
+
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
-    app = create_app(tts, args.bundle, config, scheduler_kind=args.scheduler)
+    app = create_app(tts, args.bundle, config)
     state = app.state.serve
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
+    host = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"serving {args.bundle} ({args.precision}, scheduler {state.scheduler_kind}, "
-        f"formats {', '.join(state.formats)}) on http://{args.host}:{args.port}/",
+        f"serving {args.bundle} ({args.precision}, formats {', '.join(state.formats)}) on "
+        f"http://{host}:{port}/",
         flush=True,
     )
     if tts.manifest.random_weights:
         print("NOTE: random-weight bundle - the audio is noise, not speech.", flush=True)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=5,
-        ws_max_size=config.max_ws_message_bytes,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=5,
+            ws_max_size=config.max_ws_message_bytes,
+        )
     )
+    server.run(sockets=[sock])

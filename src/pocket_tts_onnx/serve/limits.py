@@ -21,11 +21,15 @@ class ServeConfig:
     # Computed voice states kept (LRU). A 30 s prompt's state is ~18 MB for `english`
     # (6 layers x K/V x 376 positions x 1024 x 4 bytes), so 16 of them stay under 300 MB.
     voice_cache_size: int = 16
-    max_frames_limit: int = 10_000  # cap on a request's `max_frames` (800 s of audio)
-    max_lsd_steps: int = 64  # cap on a request's `lsd_steps`
+    # K/V memory of the flow LM for all streams together (rows x positions); a request that
+    # alone would need more is refused (400), one that does not fit now waits for room.
+    max_kv_mb: int = 1024
     voices_dir: Path | None = None  # folder of precomputed <name>.npz voices
     web_dist: Path | None = None  # built web demo (web/dist); None: no page at /
     retry_after_s: int = 1  # Retry-After sent with 503 when the queue is full
+    # Seconds a request body may take to arrive in full (408 after): a client that opens a
+    # request and trickles its body (slowloris) cannot hold a connection and a worker.
+    body_timeout_s: int = 60
     # A WebSocket stream waiting longer than this for its next text message is closed (1008).
     ws_idle_timeout_s: int = 20
 
@@ -40,9 +44,9 @@ class ServeConfig:
             "max_text_chars",
             "max_upload_bytes",
             "voice_cache_size",
-            "max_frames_limit",
-            "max_lsd_steps",
+            "max_kv_mb",
             "retry_after_s",
+            "body_timeout_s",
             "ws_idle_timeout_s",
         ):
             value = getattr(self, name)
@@ -60,8 +64,15 @@ class ServeConfig:
 
     @property
     def max_body_bytes(self) -> int:
-        """Largest request body accepted: an upload plus room for the form/JSON fields."""
+        """Largest multipart body accepted: an upload plus room for the form fields."""
         return self.max_upload_bytes + 4 * self.max_text_chars + 65536
+
+    @property
+    def max_json_bytes(self) -> int:
+        """Largest body of any other kind (JSON, url-encoded form): the longest text, each
+        character escaped as JSON's worst case (12 bytes: a surrogate pair of \\uXXXX), plus
+        64 KiB for the other fields. Parsing 10 MB of JSON costs seconds and ~250 MB."""
+        return 12 * self.max_text_chars + 65536
 
     def public(self) -> dict:
         """The limits as /health reports them (no paths)."""

@@ -6,17 +6,18 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from anyio.to_thread import run_sync
-from fastapi import APIRouter, File, Form, Request, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from pydantic import BaseModel, ConfigDict, create_model
 
-from pocket_tts_onnx.errors import InvalidInputError, QueueFullError, VoiceError
+from pocket_tts_onnx.errors import GenerationError, InvalidInputError, QueueFullError, VoiceError
+from pocket_tts_onnx.serve.params import chosen, form_params, json_fields
 from pocket_tts_onnx.serve.plumbing import ApiError, api_error_from, request_id
 from pocket_tts_onnx.serve.streaming import CancellableStreamingResponse, StreamPump, next_chunk
 
 router = APIRouter()
 
 
-class SpeechRequest(BaseModel):
+class _SpeechBody(BaseModel):
     """OpenAI's body. `model` is accepted and ignored (the server runs its one bundle);
     `instructions` likewise (Pocket TTS has no instruction conditioning)."""
 
@@ -29,12 +30,10 @@ class SpeechRequest(BaseModel):
     speed: float = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
     instructions: str | None = None
-    # Extensions for this engine.
-    temperature: float | None = Field(default=None, ge=0)
-    lsd_steps: int | None = Field(default=None, ge=1)
-    seed: int | None = None
-    max_frames: int | None = Field(default=None, ge=1)
-    eos_threshold: float | None = None
+
+
+# OpenAI's fields plus every generation parameter (GenerationConfig's fields).
+SpeechRequest = create_model("SpeechRequest", __base__=_SpeechBody, **json_fields())
 
 
 def _check_text(state, text: str, field: str) -> str:
@@ -93,7 +92,7 @@ async def _start(state, request: Request, text: str, voice, params: dict, field=
             lambda: state.scheduler.submit(text, voice, **params), limiter=state.limiter
         )
         first = await run_sync(next_chunk, stream, limiter=state.limiter)
-    except (InvalidInputError, QueueFullError) as e:
+    except (InvalidInputError, QueueFullError, GenerationError) as e:
         if stream is not None:
             stream.cancel()
         error = api_error_from(e, state.config.retry_after_s)
@@ -136,27 +135,22 @@ async def speech(body: SpeechRequest, request: Request):
     if body.speed != 1.0:
         raise ApiError(400, "speed must be 1.0: Pocket TTS has no speed control", "speed")
     fmt = _format(state, body.response_format, body.stream_format)
-    if body.max_frames is not None and body.max_frames > state.config.max_frames_limit:
-        raise ApiError(400, f"max_frames must be <= {state.config.max_frames_limit}", "max_frames")
-    if body.lsd_steps is not None and body.lsd_steps > state.config.max_lsd_steps:
-        raise ApiError(400, f"lsd_steps must be <= {state.config.max_lsd_steps}", "lsd_steps")
     voice = await _voice(state, state.resolve_voice, body.voice, "voice")
-    params = body.model_dump(
-        include={"temperature", "lsd_steps", "seed", "max_frames", "eos_threshold"}
-    )
-    pump = await _start(state, request, text, voice, params)
+    pump = await _start(state, request, text, voice, chosen(body))
     return _response(pump, fmt, body.stream_format)
 
 
 @router.post("/tts")
 async def tts_form(
     request: Request,
-    text: Annotated[str, Form()],
+    text: Annotated[str, Form()] = "",  # empty or missing: the same 400 as an empty input
     voice_url: Annotated[str | None, Form()] = None,
     voice_wav: Annotated[UploadFile | None, File()] = None,
+    params: Annotated[dict, Depends(form_params())] = None,
 ):
-    """Upstream `pocket-tts serve`'s endpoint: same fields, same streaming WAV response.
-    `voice_url` is a voice name here (this server never fetches URLs)."""
+    """Upstream `pocket-tts serve`'s endpoint: same fields, same streaming WAV response, plus
+    every generation parameter as an optional form field. `voice_url` is a voice name here
+    (this server never fetches URLs)."""
     state = request.app.state.serve
     _check_text(state, text, "text")
     if voice_url is not None and voice_wav is not None:
@@ -180,6 +174,6 @@ async def tts_form(
                 "voice_url",
             )
         voice = await _voice(state, state.resolve_voice, voice_url, "voice_url")
-    pump = await _start(state, request, text, voice, {}, field="text")
+    pump = await _start(state, request, text, voice, params, field="text")
     headers = {"Content-Disposition": "attachment; filename=generated_speech.wav"}
     return _response(pump, state.formats["wav"], "audio", headers)

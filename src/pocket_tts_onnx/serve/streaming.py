@@ -18,7 +18,7 @@ import numpy as np
 from anyio.to_thread import run_sync
 from starlette.responses import StreamingResponse
 
-from pocket_tts_onnx.serve.encoding import AudioFormat, encode_file, pcm16, wav_header
+from pocket_tts_onnx.runtime.encoding import AudioFormat, encode_file, pcm16, wav_header
 
 logger = logging.getLogger("pocket_tts_onnx.serve")
 

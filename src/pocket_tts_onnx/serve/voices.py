@@ -17,10 +17,13 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from pocket_tts_onnx.errors import VoiceError
+from pocket_tts_onnx.errors import BundleError, VoiceError
+from pocket_tts_onnx.manifest import file_sha256, resolve_in_bundle
+from pocket_tts_onnx.runtime.audio import decode_audio
 
+# Seconds of an uploaded prompt that are decoded: voice_from_audio(truncate=True) keeps 30.
+PROMPT_SECONDS = 30.0
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -67,12 +70,40 @@ class VoiceStore:
         self._locks_guard = threading.Lock()
 
     def names(self) -> list[dict]:
+        """The voices a request can name: the bundle's, then the usable files of the voices
+        folder (regular files inside it; a directory named x.npz or a link leading out is
+        skipped)."""
         out = [{"name": n, "source": "bundle"} for n in sorted(self._bundle_voices)]
         if self._dir is not None:
             for path in sorted(self._dir.glob("*.npz")):
-                if NAME_PATTERN.match(path.stem) and path.stem not in self._bundle_voices:
-                    out.append({"name": path.stem, "source": "voices-dir"})
+                name = path.stem
+                usable = NAME_PATTERN.match(name) and self._folder_file(name) is not None
+                if usable and name not in self._bundle_voices:
+                    out.append({"name": name, "source": "voices-dir"})
         return out
+
+    def _folder_file(self, name: str) -> Path | None:
+        """`<name>.npz` of the voices folder if it is a regular file inside it, else None."""
+        if self._dir is None:
+            return None
+        path = (self._dir / f"{name}.npz").resolve()
+        return path if path.parent == self._dir and path.is_file() else None
+
+    def check_bundle_voices(self) -> None:
+        """Every voice the manifest lists must match its sha256, checked once at startup:
+        a damaged voice would otherwise fail each request that names it (or, as the
+        default, every request). Raises BundleError naming the voice."""
+        manifest = self._tts.manifest
+        for name in sorted(self._bundle_voices):
+            entry = manifest.voices[name]
+            path = resolve_in_bundle(self._bundle, entry.file)
+            if not path.is_file():
+                raise BundleError(f"bundle voice {name!r}: {entry.file} is missing; re-export")
+            if file_sha256(path) != entry.sha256:
+                raise BundleError(
+                    f"bundle voice {name!r}: {entry.file} does not match its sha256 in "
+                    "manifest.json (replaced or corrupted); restore or re-export the bundle"
+                )
 
     def default(self):
         """What a request without a voice gets: None, i.e. the engine's choice (the bundle's
@@ -83,9 +114,11 @@ class VoiceStore:
         """A bundle voice name (the engine loads and caches those itself) or a Voice loaded
         from the voices folder."""
         if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+            text = str(name)
+            shown = repr(text[:64] + "..." if len(text) > 64 else text)  # not 10 kB echoed
             raise VoiceError(
-                f"voice {name!r} is not a valid voice name (letters, digits, '_', '-', '.'; "
-                "no paths); GET /v1/voices lists the voices"
+                f"voice {shown} is not a valid voice name (up to 64 letters, digits, '_', '-', "
+                "'.'; no paths); GET /v1/voices lists the voices"
             )
         if name in self._bundle_voices:
             return name
@@ -98,10 +131,15 @@ class VoiceStore:
         return voice
 
     def _load_named(self, name: str):
-        if self._dir is not None:
-            path = (self._dir / f"{name}.npz").resolve()
-            if path.parent == self._dir and path.is_file():
+        path = self._folder_file(name)
+        if path is not None:
+            try:
                 return self._tts.load_voice(path)
+            except VoiceError as e:  # the message names the server's path: keep it local
+                message = str(e).replace(str(path), f"{name}.npz")
+                raise VoiceError(
+                    f"voice {name!r} of the server's voices folder cannot be used: {message}"
+                ) from e
         available = ", ".join(v["name"] for v in self.names()) or "none"
         raise VoiceError(
             f"unknown voice {name!r}; available: {available} (GET /v1/voices), or upload a "
@@ -133,13 +171,5 @@ class VoiceStore:
 
 
 def _decode(data: bytes) -> tuple[np.ndarray, int]:
-    try:
-        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as e:
-        raise VoiceError(
-            f"voice_wav cannot be decoded ({e}); upload WAV, FLAC, OGG or MP3 audio"
-        ) from e
-    if audio.shape[0] == 0:
-        raise VoiceError("voice_wav contains no samples")
-    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(mono), int(rate)
+    """The first 30 s of an upload (all a voice uses), decoded without the rest."""
+    return decode_audio(io.BytesIO(data), "voice_wav", max_seconds=PROMPT_SECONDS)

@@ -30,8 +30,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError, QueueFullError
-from pocket_tts_onnx.serve.encoding import pcm16
-from pocket_tts_onnx.serve.feed import open_feed
+from pocket_tts_onnx.runtime.encoding import pcm16
 
 logger = logging.getLogger("pocket_tts_onnx.serve")
 router = APIRouter()
@@ -118,18 +117,12 @@ class _Session:
         return body["text"]
 
     def _config(self, settings):
-        limits = self.state.config
         if not isinstance(settings, dict):
             raise Refusal(1008, "generation_config must be an object", "invalid_value")
-        caps = {"max_frames": limits.max_frames_limit, "lsd_steps": limits.max_lsd_steps}
-        for name, cap in caps.items():
-            value = settings.get(name)
-            if isinstance(value, int) and value > cap:
-                raise Refusal(1008, f"{name} must be <= {cap}", "invalid_value", name)
         try:
             return self.state.tts.generation_config(**settings)
         except InvalidInputError as e:
-            raise Refusal(1008, str(e), "invalid_value", "generation_config") from None
+            raise Refusal(1008, str(e), "invalid_value", e.param or "generation_config") from None
 
     def _write(self, text: str) -> None:
         limit = self.state.config.max_text_chars
@@ -143,7 +136,7 @@ class _Session:
             if not text.strip():
                 return  # ElevenLabs' first message is a single space
             try:
-                self.feed = open_feed(self.state.scheduler, self.state.tts, self.voice, self.config)
+                self.feed = self.state.scheduler.open_stream(self.voice, config=self.config)
             except PocketTTSOnnxError as e:
                 raise _refusal(e) from None
             self.opened.set()
@@ -184,7 +177,7 @@ def _refusal(e: PocketTTSOnnxError, generating: bool = False) -> Refusal:
     if isinstance(e, QueueFullError):
         return Refusal(1013, f"server busy: {e}", "queue_full")
     if isinstance(e, InvalidInputError) and not generating:
-        return Refusal(1008, str(e), "invalid_value")
+        return Refusal(1008, str(e), "invalid_value", e.param)
     return Refusal(1011, str(e), "generation_failed")
 
 

@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pocket_tts_onnx.cli_options import add_generation_arguments, generation_overrides
 from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError
 
 logger = logging.getLogger("pocket_tts_onnx.wyoming")
@@ -34,12 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threads", type=int, help="intra-op threads per ONNX session (default: the engine's)"
     )
     p.add_argument(
-        "--scheduler",
-        choices=["auto", "batched", "threads"],
-        default="auto",
-        help="as for `serve` (default: auto)",
-    )
-    p.add_argument(
         "--max-streams", type=int, default=8, help="streams generated at once (default: 8)"
     )
     p.add_argument(
@@ -53,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=4096,
         help="characters of text per request or stream (default: 4096)",
+    )
+    p.add_argument(
+        "--max-kv-mb",
+        type=int,
+        default=1024,
+        help="flow-LM K/V memory for all streams together, MB (default: 1024)",
     )
     p.add_argument(
         "--samples-per-chunk",
@@ -72,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="announce the server to Home Assistant over mDNS under NAME (default NAME: "
         "pocket-tts-onnx; needs `pip install zeroconf`; tcp URIs only)",
     )
-    p.add_argument("--seed", type=int, help="random seed of every stream (default: fresh)")
+    add_generation_arguments(p)  # every stream's parameters (a Wyoming request has none)
     p.add_argument(
         "--log-level",
         default="info",
@@ -81,13 +82,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _check(args) -> None:
-    for name in ("max_streams", "max_text_chars", "samples_per_chunk"):
-        value = getattr(args, name)
-        if value < 1:
-            raise InvalidInputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.max_queue < 0:
-        raise InvalidInputError(f"--max-queue must be >= 0, got {args.max_queue}")
+def _check(args):
+    """The options' errors before anything loads; returns the scheduler's limits (the HTTP
+    server's ServeConfig, so both servers check them alike)."""
+    from pocket_tts_onnx.serve.limits import ServeConfig
+
+    if args.samples_per_chunk < 1:
+        raise InvalidInputError(f"--samples-per-chunk must be >= 1, got {args.samples_per_chunk}")
+    limits = ServeConfig(
+        max_streams=args.max_streams,
+        max_queue=args.max_queue,
+        max_text_chars=args.max_text_chars,
+        max_kv_mb=args.max_kv_mb,
+    )
     uri = urlparse(args.uri)
     if uri.scheme not in ("tcp", "unix", "stdio"):
         raise InvalidInputError(
@@ -103,10 +110,11 @@ def _check(args) -> None:
                 "--zeroconf needs the zeroconf package: `pip install zeroconf` (or leave out "
                 "--zeroconf and add the server in Home Assistant by host and port)"
             )
+    return limits
 
 
 def run(args) -> None:
-    _check(args)
+    limits = _check(args)
     try:
         import wyoming  # noqa: F401
     except ImportError as e:
@@ -126,8 +134,8 @@ def run(args) -> None:
     )
     tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
     language = args.language or bundle_language(tts.manifest) or "en"
-    config = tts.generation_config(seed=args.seed)
-    scheduler, kind = make_scheduler(tts, args.max_streams, args.max_queue, args.scheduler)
+    config = tts.generation_config(**generation_overrides(args))
+    scheduler = make_scheduler(tts, limits)  # the HTTP server's: all connections share it
     service = WyomingService(
         tts=tts,
         scheduler=scheduler,
@@ -138,7 +146,7 @@ def run(args) -> None:
         config=config,
     )
     print(
-        f"wyoming: {args.bundle} ({args.precision}, scheduler {kind}, language {language}, "
+        f"wyoming: {args.bundle} ({args.precision}, language {language}, "
         f"voices {', '.join(tts.voices) or 'default'}) on {args.uri}",
         flush=True,
     )

@@ -33,8 +33,7 @@ from wyoming.tts import (
 )
 
 from pocket_tts_onnx.errors import PocketTTSOnnxError, QueueFullError, VoiceError
-from pocket_tts_onnx.serve.encoding import pcm16
-from pocket_tts_onnx.serve.feed import open_feed
+from pocket_tts_onnx.runtime.encoding import pcm16
 from pocket_tts_onnx.wyoming.events import BadEvent, read_event
 from pocket_tts_onnx.wyoming.info import DEFAULT_VOICE
 
@@ -251,7 +250,7 @@ class SpeechHandler(AsyncEventHandler):
     def _open(self, voice):
         service = self.service
         try:
-            return open_feed(service.scheduler, service.tts, voice, service.config)
+            return service.scheduler.open_stream(voice, config=service.config)
         except PocketTTSOnnxError as e:
             raise _request_error(e) from None
 

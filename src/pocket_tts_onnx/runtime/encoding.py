@@ -1,4 +1,4 @@
-"""Audio encodings for HTTP responses.
+"""Audio encodings: the server's response formats and the files `say --out` writes.
 
 wav and pcm stream: a WAV header with unknown length goes out first, then 16-bit PCM as each
 chunk is decoded. flac, mp3 and opus are encoded by libsndfile (through soundfile, already a
@@ -38,6 +38,18 @@ _ALL = (
     AudioFormat("mp3", "audio/mpeg", False, "MP3", "MPEG_LAYER_III"),
     AudioFormat("opus", "audio/ogg; codecs=opus", False, "OGG", "OPUS"),
 )
+
+
+# File suffixes and the format each asks for (`say --out speech.mp3`).
+SUFFIXES = {
+    ".wav": "wav",
+    ".flac": "flac",
+    ".mp3": "mp3",
+    ".opus": "opus",
+    ".ogg": "opus",
+    ".pcm": "pcm",
+    ".raw": "pcm",
+}
 
 
 @lru_cache(maxsize=8)
@@ -81,3 +93,8 @@ def encode_file(samples: np.ndarray, sample_rate: int, fmt: AudioFormat) -> byte
     x = np.clip(np.nan_to_num(np.asarray(samples, dtype=np.float32)), -1.0, 1.0)
     sf.write(buf, x, sample_rate, format=fmt.sf_format, subtype=fmt.sf_subtype)
     return buf.getvalue()
+
+
+def encode(samples: np.ndarray, sample_rate: int, fmt: AudioFormat) -> bytes:
+    """A whole file of `samples` in a non-WAV format: raw 16-bit PCM or a libsndfile one."""
+    return pcm16(samples) if fmt.name == "pcm" else encode_file(samples, sample_rate, fmt)

@@ -1,0 +1,37 @@
+"""Command-line flags for the generation parameters, derived from `GenerationConfig`.
+
+Every command that generates (say, wyoming, ...) adds the same flags, with the same limits
+and help text as the Python API and the HTTP server, from one list (runtime/config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pocket_tts_onnx.runtime.config import PARAMETERS, parse_param
+
+__all__ = ["add_generation_arguments", "generation_overrides"]
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "generation", "default: the bundle manifest's value (upstream's for this model)"
+    )
+    for p in PARAMETERS:
+        bounds = f"; {p.bounds()}" if p.bounds() else ""
+        group.add_argument(
+            p.flag,
+            dest=p.name,
+            metavar="N" if p.kind is int else "X",
+            help=f"{p.help}{bounds} (default: the bundle manifest's, or None)",
+        )
+
+
+def generation_overrides(args: argparse.Namespace) -> dict:
+    """The parameters given on the command line, typed (InvalidInputError naming the flag's
+    parameter for text that is not a number); ranges are checked by GenerationConfig."""
+    return {
+        p.name: parse_param(p, getattr(args, p.name))
+        for p in PARAMETERS
+        if getattr(args, p.name, None) is not None
+    }

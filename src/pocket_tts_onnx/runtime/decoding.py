@@ -1,0 +1,161 @@
+"""The decoder thread: Mimi runs while the scheduler computes the next flow-LM step.
+
+It owns the batched decoder states (`MimiRows`) and receives the scheduler's row changes and
+latents as ordered events, so its rows always mirror the scheduler's. Per row it groups the
+first `first_chunk_frames` frames of a text chunk into one AudioChunk, applies the one
+backpressure policy (a reader too far behind has its stream stopped), and after a text
+chunk's last audio puts an `end_of_text` marker. A decode failure is isolated: the batch is
+retried row by row and only the rows that still fail end, with the error.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pocket_tts_onnx.errors import GenerationError, QueueFullError
+from pocket_tts_onnx.runtime.decoder import MimiRows
+from pocket_tts_onnx.runtime.requests import Request
+from pocket_tts_onnx.runtime.streams import END, AudioChunk
+
+__all__ = ["DecoderThread"]
+
+
+def _too_slow(chunks: int) -> str:
+    return (
+        f"the stream was stopped: {chunks} audio chunks were made and not read (the reader "
+        "is not keeping up); read the stream as it is produced"
+    )
+
+
+@dataclass(eq=False)
+class _Row:
+    request: Request
+    text_index: int
+    held: list = field(default_factory=list)  # frames of the first audio chunk
+    flushed: bool = False  # the first chunk has been sent
+    failed: bool = False
+
+
+class DecoderThread:
+    """Applies `join` / `decode` / `remove` / `finish` events in order on its own thread."""
+
+    def __init__(self, rows: MimiRows, sample_rate: int, max_backlog: int):
+        self._rows = rows
+        self._sample_rate = sample_rate
+        self._max_backlog = max_backlog
+        self._table: list[_Row] = []
+        self._events: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="pocket-tts-mimi", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------ called by the scheduler thread
+    def join(self, request: Request) -> None:
+        self._events.put(("join", (request, request.text_index)))
+
+    def decode(self, latents: np.ndarray, rows: list[int]) -> None:
+        self._events.put(("decode", (latents, rows)))
+
+    def remove(self, row: int, marker: bool) -> None:
+        """`row` leaves; `marker`: its text chunk is over (flush it, then end_of_text)."""
+        self._events.put(("remove", (row, marker)))
+
+    def finish(self, request: Request, error: BaseException | None) -> None:
+        """The request is over: its reader gets `error`, or the end."""
+        self._events.put(("finish", (request, error)))
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._events.put(("stop", None))
+            if threading.current_thread() is not self._thread:
+                self._thread.join()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        handlers = {
+            "join": self._join,
+            "decode": self._decode,
+            "remove": self._remove,
+            "finish": self._finish,
+        }
+        while True:
+            kind, value = self._events.get()
+            if kind == "stop":
+                return
+            handlers[kind](*value)
+
+    def _join(self, request: Request, text_index: int) -> None:
+        self._rows.join()
+        self._table.append(_Row(request, text_index))
+
+    def _remove(self, row: int, marker: bool) -> None:
+        entry = self._table[row]
+        if marker and not entry.failed:
+            self._flush(entry)
+            self._send(entry, np.zeros(0, np.float32), end_of_text=True)
+        self._rows.remove(row)
+        self._table[row] = self._table[-1]
+        self._table.pop()
+
+    def _finish(self, request: Request, error: BaseException | None) -> None:
+        request.out.put(error if error is not None else END)
+
+    def _decode(self, latents: np.ndarray, rows: list[int]) -> None:
+        try:
+            audio = self._rows.decode(latents, np.asarray(rows))
+        except Exception:  # isolate: retry each row alone, end only the rows that fail
+            audio = np.zeros((len(rows), 0), np.float32)
+            pieces = []
+            for i, row in enumerate(rows):
+                try:
+                    pieces.append(self._rows.decode(latents[i : i + 1], np.array([row]))[0])
+                except Exception as e:
+                    self._fail(self._table[row], e)
+                    pieces.append(None)
+            for i, row in enumerate(rows):
+                if pieces[i] is not None:
+                    self._emit(self._table[row], pieces[i])
+            return
+        for i, row in enumerate(rows):
+            self._emit(self._table[row], audio[i])
+
+    def _emit(self, entry: _Row, audio: np.ndarray) -> None:
+        if entry.failed or entry.request.cancelled.is_set():
+            return
+        audio = audio.copy()  # a view would pin the whole batch's output
+        if not entry.flushed:
+            entry.held.append(audio)
+            if len(entry.held) >= entry.request.config.first_chunk_frames:
+                self._flush(entry)
+            return
+        self._send(entry, audio)
+
+    def _flush(self, entry: _Row) -> None:
+        if entry.held:
+            held, entry.held = entry.held, []
+            self._send(entry, np.concatenate(held) if len(held) > 1 else held[0])
+        entry.flushed = True
+
+    def _send(self, entry: _Row, audio: np.ndarray, end_of_text: bool = False) -> None:
+        request = entry.request
+        if request.cancelled.is_set():
+            return
+        if request.out.qsize() >= self._max_backlog:  # the reader stopped reading
+            request.cancelled.set()
+            self._fail(entry, QueueFullError(_too_slow(self._max_backlog)))
+            return
+        request.out.put(AudioChunk(audio, self._sample_rate, entry.text_index, end_of_text))
+
+    def _fail(self, entry: _Row, error: BaseException) -> None:
+        if not isinstance(error, (GenerationError, QueueFullError)):
+            error = GenerationError(f"decoding failed for this stream: {error}")
+        entry.failed = True
+        entry.request.cancelled.set()  # the scheduler drops the row at its next step
+        entry.request.out.put(error)

@@ -1,0 +1,79 @@
+"""A request as the scheduler holds it, and where its text chunks come from.
+
+Whole text (`submit`) is chunked lazily: the first chunk in the caller's thread (so empty or
+unspeakable text raises there), the rest as they are reached. Text that arrives over time
+(`open_stream`) is chunked by `SentenceFeed` in the writer's thread; the scheduler parks the
+request while it waits for its next sentence, holding no batch row.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pocket_tts_onnx.runtime.config import GenerationConfig
+from pocket_tts_onnx.runtime.generation import ChunkStream
+from pocket_tts_onnx.runtime.streams import Channel
+from pocket_tts_onnx.text import TextChunk
+from pocket_tts_onnx.text_feed import SentenceFeed
+
+__all__ = ["WAIT", "FeedSource", "Request", "TextSource"]
+
+WAIT = object()  # no chunk yet, more text may come
+
+
+class TextSource:
+    """Chunks of a whole text."""
+
+    def __init__(self, first: TextChunk, rest: Iterator[TextChunk]):
+        self._chunks = itertools.chain([first], rest)
+
+    def take(self):
+        """The next TextChunk, or None at the end (a later unspeakable chunk raises)."""
+        return next(self._chunks, None)
+
+
+class FeedSource:
+    """Chunks of text that is still being written."""
+
+    def __init__(self, feed: SentenceFeed):
+        self.feed = feed
+        self._pending: collections.deque[TextChunk] = collections.deque()
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def add(self, chunks: list[TextChunk], error: BaseException | None = None) -> None:
+        with self._lock:
+            self._pending.extend(chunks)
+            self._error = self._error or error
+
+    def take(self):
+        with self._lock:
+            if self._pending:
+                return self._pending.popleft()
+            if self._error is not None:
+                raise self._error
+            return None if self.feed.ended else WAIT
+
+
+@dataclass(eq=False)
+class Request:
+    """One stream in the scheduler: its text, voice, parameters and output."""
+
+    source: TextSource | FeedSource
+    start: dict[str, np.ndarray]  # the voice's flow-LM states
+    config: GenerationConfig
+    rng: np.random.Generator
+    out: Channel = field(default_factory=Channel)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    chunk: ChunkStream | None = None  # the text chunk being generated
+    next_chunk: TextChunk | None = None  # taken, waiting for room in the batch
+    sequence: np.ndarray | None = None  # the last latent [1, 1, L] (NaN: BOS)
+    text_index: int = -1
+    need: int = 0  # K/V positions the current chunk may reach
+    parked: bool = False  # waiting for more text, holding no row

@@ -29,6 +29,7 @@ from pocket_tts_onnx.serve.plumbing import (
 from pocket_tts_onnx.serve.scheduler import make_scheduler
 from pocket_tts_onnx.serve.speech import router as speech_router
 from pocket_tts_onnx.serve.voices import VoiceStore
+from pocket_tts_onnx.serve.websocket import router as websocket_router
 
 logger = logging.getLogger("pocket_tts_onnx.serve")
 
@@ -87,6 +88,7 @@ def create_app(
         body_timeout_s=config.body_timeout_s,
     )
     app.include_router(speech_router)
+    app.include_router(websocket_router)
 
     @app.get("/health")
     async def health():

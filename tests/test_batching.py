@@ -215,9 +215,9 @@ def test_a_failing_row_ends_only_its_own_stream(fp32, voice_audio):
 def test_many_solver_steps_do_not_hold_the_other_rows(fp32, monkeypatch):
     """A row asking for 64 flow-head steps per frame solves them over several iterations:
     a neighbour with 1 step gets a frame every iteration, not every 64 head calls."""
-    from pocket_tts_onnx.runtime import batching
+    from pocket_tts_onnx.runtime import stepping
 
-    monkeypatch.setattr(batching, "SOLVE_SHARE", 0.0)  # the extra steps: none beyond the least
+    monkeypatch.setattr(stepping, "SOLVE_SHARE", 0.0)  # the extra steps: none beyond the least
     calls = []  # per flow-head call: does the 1-step row take part?
     sampler = fp32.core.sampler
     real_advance = sampler.advance

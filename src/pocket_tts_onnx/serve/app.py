@@ -54,7 +54,8 @@ class ServeState:
         self.started = time.time()
 
     def resolve_voice(self, name: str | None):
-        return self.voices.default() if name is None else self.voices.get(name)
+        """None: the engine's choice (the bundle's default voice, if it has one)."""
+        return None if name is None else self.voices.get(name)
 
     def upload_voice(self, data: bytes):
         return self.voices.from_upload(data)

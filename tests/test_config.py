@@ -153,3 +153,12 @@ def test_both_http_endpoints(tts, serve_bundle):
                     p.name,
                     reply.body,
                 )
+
+
+def test_web_runtime_uses_the_same_parameter_list():
+    from pathlib import Path
+
+    from pocket_tts_onnx.runtime.config import parameters_js
+
+    path = Path(__file__).resolve().parents[1] / "web" / "src" / "parameters.js"
+    assert path.read_text() == parameters_js(), "run python scripts/write_web_parameters.py"

@@ -10,8 +10,10 @@ retried row by row and only the rows that still fail end, with the error.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +23,9 @@ from pocket_tts_onnx.runtime.decoder import MimiRows
 from pocket_tts_onnx.runtime.requests import Request
 from pocket_tts_onnx.runtime.streams import END, AudioChunk
 
-__all__ = ["DecoderThread"]
+__all__ = ["MAX_AHEAD", "DecoderThread"]
+
+MAX_AHEAD = 2
 
 
 def _too_slow(chunks: int) -> str:
@@ -43,12 +47,19 @@ class _Row:
 class DecoderThread:
     """Applies `join` / `decode` / `remove` / `finish` events in order on its own thread."""
 
-    def __init__(self, rows: MimiRows, sample_rate: int, max_backlog: int):
+    def __init__(self, rows: MimiRows, sample_rate: int, max_backlog: int, shards: bool = True):
         self._rows = rows
         self._sample_rate = sample_rate
         self._max_backlog = max_backlog
         self._table: list[_Row] = []
         self._events: queue.Queue = queue.Queue()
+        # Decode steps the scheduler may run ahead of Mimi: enough to overlap the two, few
+        # enough that a new stream's first frame does not queue behind many others.
+        self._ahead = threading.Semaphore(MAX_AHEAD)
+        multicore = (os.cpu_count() or 1) >= 2
+        self._pool = (
+            ThreadPoolExecutor(1, "pocket-tts-mimi-shard") if shards and multicore else None
+        )
         self._thread = threading.Thread(target=self._run, name="pocket-tts-mimi", daemon=True)
         self._thread.start()
 
@@ -57,6 +68,10 @@ class DecoderThread:
         self._events.put(("join", (request, request.text_index)))
 
     def decode(self, latents: np.ndarray, rows: list[int]) -> None:
+        """Queue one step's latents; waits while MAX_AHEAD steps are already queued."""
+        while not self._ahead.acquire(timeout=1.0):
+            if not self.alive:
+                return
         self._events.put(("decode", (latents, rows)))
 
     def remove(self, row: int, marker: bool) -> None:
@@ -72,6 +87,8 @@ class DecoderThread:
             self._events.put(("stop", None))
             if threading.current_thread() is not self._thread:
                 self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     @property
     def alive(self) -> bool:
@@ -109,7 +126,13 @@ class DecoderThread:
 
     def _decode(self, latents: np.ndarray, rows: list[int]) -> None:
         try:
-            audio = self._rows.decode(latents, np.asarray(rows))
+            self._decode_rows(latents, rows)
+        finally:
+            self._ahead.release()
+
+    def _decode_rows(self, latents: np.ndarray, rows: list[int]) -> None:
+        try:
+            audio = self._rows.decode(latents, np.asarray(rows), self._pool)
         except Exception:  # isolate: retry each row alone, end only the rows that fail
             audio = np.zeros((len(rows), 0), np.float32)
             pieces = []

@@ -264,9 +264,7 @@ class Manifest:
             "precisions": list(self.precisions),
             "model_id": self.model_id,
             "timestamps": (
-                {"heads": [list(h) for h in self.timestamp_heads]}
-                if self.timestamp_heads
-                else None
+                {"heads": [list(h) for h in self.timestamp_heads]} if self.timestamp_heads else None
             ),
             "notes": list(self.notes),
         }

@@ -47,7 +47,7 @@ _HEAD = re.compile(r"L(\d+)H(\d+)")
 
 
 def parse_heads(text: str, num_layers: int, num_heads: int) -> tuple[tuple[int, int], ...]:
-    """"L3H8,L2H0" -> ((3, 8), (2, 0)), checked against the model's layers and heads."""
+    """ "L3H8,L2H0" -> ((3, 8), (2, 0)), checked against the model's layers and heads."""
     heads = []
     for part in text.split(","):
         match = _HEAD.fullmatch(part.strip())

@@ -184,7 +184,10 @@ def _flow_lm_step_cases(model) -> Iterator[list[Step]]:
         """(conditioning, eos_logit, queries): each layer's post-RoPE query of the last
         position, read where upstream's attention applies RoPE."""
         captured = []
-        hooks = [r.register_forward_hook(lambda _m, _i, out: captured.append(out[0])) for r in ropes.values()]
+        hooks = [
+            r.register_forward_hook(lambda _m, _i, out: captured.append(out[0]))
+            for r in ropes.values()
+        ]
         try:
             latents = torch.where(torch.isnan(seq), flow_lm.bos_emb, seq)
             hidden = flow_lm.backbone(flow_lm.input_linear(latents), emb, seq, states[row])

@@ -148,6 +148,13 @@ def _serve_parser(sub) -> None:
     add_arguments(p)
 
 
+def _wyoming_parser(sub) -> None:
+    from pocket_tts_onnx.wyoming.cli import add_arguments
+
+    p = sub.add_parser("wyoming", help="Wyoming server for Home Assistant (needs [wyoming])")
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pocket_tts_onnx import __version__
 
@@ -160,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _voices_parser(sub)
     _bench_parser(sub)
     _serve_parser(sub)
+    _wyoming_parser(sub)
     return parser
 
 
@@ -434,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
             from pocket_tts_onnx.serve.cli import run as run_serve
 
             run_serve(args)
+        elif args.command == "wyoming":
+            from pocket_tts_onnx.wyoming.cli import run as run_wyoming
+
+            run_wyoming(args)
         else:
             handlers[args.command](args)
     except PocketTTSOnnxError as e:

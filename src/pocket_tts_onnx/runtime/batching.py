@@ -25,7 +25,6 @@ import contextlib
 import ctypes
 import logging
 import threading
-import time
 
 import numpy as np
 
@@ -40,7 +39,8 @@ from pocket_tts_onnx.runtime.core import GenerationCore
 from pocket_tts_onnx.runtime.decoding import DecoderThread
 from pocket_tts_onnx.runtime.generation import ChunkStream, chunk_max_frames
 from pocket_tts_onnx.runtime.kv_buffer import filled_positions
-from pocket_tts_onnx.runtime.requests import WAIT, FeedSource, Request, TextSource
+from pocket_tts_onnx.runtime.requests import WAIT, FeedSource, FeedWriter, Request, TextSource
+from pocket_tts_onnx.runtime.stepping import RowSteps
 from pocket_tts_onnx.runtime.streams import BatchStream, TextStream
 from pocket_tts_onnx.text import MAX_CHUNK_TOKENS  # the longest chunk the text splitter makes
 
@@ -50,9 +50,6 @@ logger = logging.getLogger(__name__)
 
 # At most this many streams per scheduler.
 MAX_STREAMS = 256
-# Flow-head work a row with many solver steps may add to one iteration, as a share of the
-# flow-LM step's time, beyond what the rows with the fewest steps need.
-SOLVE_SHARE = 0.25
 
 
 def _int_option(label: str, value, least: int, most: int) -> int:
@@ -103,13 +100,13 @@ class BatchScheduler:
             )
         self.core = core
         self._lm = core.flow_lm(rows=0)
+        self._steps = RowSteps(core.sampler, self._lm)
         self._waiting: collections.deque[Request] = collections.deque()
         self._active: list[Request] = []
         self._parked: set[Request] = set()
         self._admitting: Request | None = None  # being prompted into a row
         self._lock = threading.Condition()  # reentrant
         self._closed = False
-        self._lm_seconds = 0.0  # running mean of a flow-LM step
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0}
         backlog = int(max_buffered_seconds * core.frame_rate)
         self._decoder = DecoderThread(core.decoder_rows(), core.sample_rate, backlog)
@@ -154,7 +151,8 @@ class BatchScheduler:
             self._check_open()
             self._parked.add(request)
             self.counts["submitted"] += 1
-        return TextStream(request, self._wake, _Feed(self, request, source))
+        writer = FeedWriter(source, self._check_chunk, lambda: self._offer(request))
+        return TextStream(request, self._wake, writer)
 
     @property
     def alive(self) -> bool:
@@ -403,17 +401,26 @@ class BatchScheduler:
         if self._lm.limit is not None:  # long streams left: give their memory back
             self._lm.buffers.fit(len(self._active), self._lm.limit)
 
+    def _word_scores(self, row: int) -> np.ndarray | None:
+        """Row `row`'s attention over its text units at the step just made (None when the
+        step fell back to row-by-row calls)."""
+        queries = self._lm.queries
+        if queries is None:
+            return None
+        timing = self._active[row].timing
+        arrays = self._lm.buffers.arrays
+        keys = {layer: arrays[f"cache_k_{layer}"][row] for layer, _ in timing.heads}
+        return timing.scores(queries[row], keys)
+
     def _iterate(self) -> None:
         """One flow-LM step for the rows that need it, flow-head steps, decode, leave."""
         active = self._active
-        n = len(active)
         errors: dict[int, BaseException] = {}
         needs_lm = np.array([r.chunk.x is None for r in active])
         if needs_lm.any():
-            started = time.perf_counter()
             sequence = np.concatenate([r.sequence for r in active])
-            cond, eos = self._lm_step(sequence, None if needs_lm.all() else needs_lm, errors)
-            self._lm_seconds = 0.8 * self._lm_seconds + 0.2 * (time.perf_counter() - started)
+            keep = None if needs_lm.all() else needs_lm
+            cond, eos = self._steps.lm_step(sequence, keep, errors)
             for i in np.flatnonzero(needs_lm):
                 if i in errors or not active[i].chunk.observe(float(eos[i, 0])):
                     continue
@@ -423,7 +430,7 @@ class BatchScheduler:
                     active[i].chunk.begin(cond[i : i + 1])
                 except PocketTTSOnnxError as e:
                     errors[i] = e
-        self._solve(errors)
+        self._steps.solve([r.chunk for r in active], errors)
         emitted, latents = [], []
         for i, request in enumerate(active):
             chunk = request.chunk
@@ -440,110 +447,8 @@ class BatchScheduler:
         if emitted:
             scores = [active[i].scores for i in emitted]
             self._decoder.decode(np.stack(latents), emitted, scores)
-        for i in reversed(range(n)):
+        for i in reversed(range(len(active))):
             chunk = active[i].chunk
             done = chunk.x is None and (chunk.finished or not chunk.active)
             if i in errors or done or active[i].cancelled.is_set():
                 self._remove(i, errors.get(i))
-
-    def _word_scores(self, row: int) -> np.ndarray | None:
-        """Row `row`'s attention over its text units at the step just made (None when the
-        step fell back to row-by-row calls)."""
-        queries = self._lm.queries
-        if queries is None:
-            return None
-        arrays = self._lm.buffers.arrays
-        keys = {
-            layer: arrays[f"cache_k_{layer}"][row] for layer, _ in self._active[row].timing.heads
-        }
-        return self._active[row].timing.scores(queries[row], keys)
-
-    def _lm_step(self, sequence, keep, errors):
-        """The batched step; if it fails, each row alone, so only failing rows end."""
-        try:
-            return self._lm.step(sequence, keep)
-        except Exception as batch_error:
-            self._lm.queries = None
-            n = sequence.shape[0]
-            cond = np.zeros((n, self.core.sampler.graph.spec.inputs[0].shape[1]), np.float32)
-            eos = np.zeros((n, 1), np.float32)
-            no_text = np.zeros((1, 0, self._lm.d_model), np.float32)
-            for i in range(n):
-                if keep is not None and not keep[i]:
-                    continue
-                try:
-                    out = self._lm.run(slice(i, i + 1), sequence[i : i + 1], no_text)
-                    cond[i], eos[i] = out["conditioning"][0], out["eos_logit"][0]
-                except Exception as e:
-                    errors[i] = GenerationError(f"the flow LM failed for this stream: {e}")
-            if len(errors) == n:
-                logger.error("flow-LM step failed for every row: %s", batch_error)
-            return cond, eos
-
-    def _solve(self, errors: dict) -> None:
-        """Flow-head steps: every solving row advances until the rows with the fewest steps
-        left are done, then the others go on only while the time stays under SOLVE_SHARE
-        of a flow-LM step (a row asking for many steps finishes its frame over several
-        iterations instead of holding everyone)."""
-        active = self._active
-        rows = [i for i, r in enumerate(active) if i not in errors and r.chunk.solving]
-        if not rows:
-            return
-        started = time.perf_counter()
-        least = min(c.total_solver_steps - c.solved_steps for c in (active[i].chunk for i in rows))
-        done_iterations = 0
-        while rows:
-            chunks = [active[i].chunk for i in rows]
-            cond = np.concatenate([c.conditioning for c in chunks])
-            x = np.concatenate([c.x for c in chunks])
-            done = np.array([c.solved_steps for c in chunks], dtype=np.int64)
-            total = np.array([c.total_solver_steps for c in chunks], dtype=np.int64)
-            new_x = self._advance(cond, x, done, total, rows, errors)
-            for j, (i, c) in enumerate(zip(rows, chunks, strict=True)):
-                if i not in errors:
-                    c.x, c.solved_steps = new_x[j : j + 1], c.solved_steps + 1
-            rows = [i for i in rows if i not in errors and active[i].chunk.solving]
-            done_iterations += 1
-            spent = time.perf_counter() - started
-            if done_iterations >= least and spent > SOLVE_SHARE * self._lm_seconds:
-                break
-
-    def _advance(self, cond, x, done, total, rows, errors):
-        try:
-            return self.core.sampler.advance(cond, x, done, total)
-        except Exception:
-            new_x = x.copy()
-            for j, i in enumerate(rows):
-                try:
-                    part = self.core.sampler.advance(
-                        cond[j : j + 1], x[j : j + 1], done[j : j + 1], total[j : j + 1]
-                    )
-                    new_x[j] = part[0]
-                except Exception as e:
-                    errors[i] = GenerationError(f"the flow head failed for this stream: {e}")
-            return new_x
-
-
-class _Feed:
-    """A text stream's writer side: chunks are made in the writer's thread."""
-
-    def __init__(self, scheduler: BatchScheduler, request: Request, source: FeedSource):
-        self._scheduler, self._request, self._source = scheduler, request, source
-
-    def write(self, text: str) -> None:
-        chunks = self._source.feed.write(text)
-        for chunk in chunks:
-            self._scheduler._check_chunk(chunk)
-        if chunks:
-            self._source.add(chunks)
-            self._scheduler._offer(self._request)
-
-    def end(self) -> None:
-        try:
-            chunks = self._source.feed.end()
-        except InvalidInputError as e:
-            self._source.add([], e)
-            self._scheduler._offer(self._request)
-            raise
-        self._source.add(chunks)
-        self._scheduler._offer(self._request)

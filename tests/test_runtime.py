@@ -244,11 +244,14 @@ def test_public_api_is_pinned():
             # additions: one generation core (typed per-stream failure, text streams)
             "GenerationError",
             "TextStream",
+            # additions: word timestamps
+            "TimestampsUnavailableError",
             "PocketTTSOnnxError",
             "UnsupportedVersionError",
             "VerificationError",
             "Voice",
             "VoiceError",
+            "WordEvent",
             "__version__",
         ]
     )

@@ -63,6 +63,11 @@ def _export_parser(sub) -> None:
         "--no-verify", action="store_true", help="skip the parity check (default: verify)"
     )
     p.add_argument(
+        "--timestamp-heads",
+        help="flow-LM heads for word timestamps, e.g. L3H8,L2H0 (default: the calibrated "
+        "heads of pocket-tts-timestamped for the configs it covers, else none)",
+    )
+    p.add_argument(
         "--voices",
         default="all",
         help="predefined voices to ship: all (default: the language's catalog; the default "
@@ -211,6 +216,7 @@ def run_export(args) -> None:
         progress=_progress,
         voices=voices,
         precision=args.precision,
+        timestamp_heads=args.timestamp_heads,
     )
     by_graph = {r.graph: r for r in reports}
     w = max(18, *(len(name) + 2 for name in manifest.graphs))

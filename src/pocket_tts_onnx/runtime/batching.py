@@ -33,6 +33,7 @@ from pocket_tts_onnx.errors import (
     InvalidInputError,
     PocketTTSOnnxError,
     QueueFullError,
+    TimestampsUnavailableError,
 )
 from pocket_tts_onnx.runtime.core import GenerationCore
 from pocket_tts_onnx.runtime.decoding import DecoderThread
@@ -113,19 +114,34 @@ class BatchScheduler:
         self._thread.start()
 
     # ------------------------------------------------------------------ public
-    def submit(self, text: str, voice=None, config=None, **params) -> BatchStream:
-        """Queue `text` for synthesis; `config` and `params` as `PocketTTSOnnx.stream`."""
+    def submit(
+        self, text: str, voice=None, config=None, *, timestamps: bool = False, **params
+    ) -> BatchStream:
+        """Queue `text` for synthesis; `config` and `params` as `PocketTTSOnnx.stream`.
+        `timestamps`: AudioChunks carry word events (the text is chunked whole first)."""
         config = self.core.config(config, **params)
         start = self.core.resolve_voice(voice)
         chunks = self.core.chunks(text)
+        units = None
+        if timestamps is not False:
+            chunks, units = self.core.word_units(text, chunks, timestamps)
         first = next(chunks)
         self._check_chunk(first)
         request = Request(TextSource(first, chunks), start, config, self._rng(config))
+        request.units = units
         self._enqueue(request)
         return BatchStream(request, self._wake)
 
-    def open_stream(self, voice=None, config=None, **params) -> TextStream:
+    def open_stream(
+        self, voice=None, config=None, *, timestamps: bool = False, **params
+    ) -> TextStream:
         """A stream whose text is written while it is spoken (`write`, then `end`)."""
+        if timestamps is not False:
+            raise TimestampsUnavailableError(
+                "timestamps: text streams (open_stream) have no word timestamps yet; "
+                "use stream() with the whole text",
+                param="timestamps",
+            )
         config = self.core.config(config, **params)
         start = self.core.resolve_voice(voice)
         source = FeedSource(self.core.feed())
@@ -318,6 +334,8 @@ class BatchScheduler:
                 buffers.reserve(self._lm.limit, rows=rows, limit=self._lm.limit)
             self._lm.load(row, request.start)
             self._lm.prompt(row, self.core.embed(chunk), stop=request.cancelled.is_set)
+            if request.units is not None:
+                request.timing = self.core.text_timing(request.units.popleft(), filled, chunk)
         except PocketTTSOnnxError as e:
             self.counts["failed"] += 1
             self._decoder.finish(request, e)
@@ -383,6 +401,17 @@ class BatchScheduler:
         if self._lm.limit is not None:  # long streams left: give their memory back
             self._lm.buffers.fit(len(self._active), self._lm.limit)
 
+    def _word_scores(self, row: int) -> np.ndarray | None:
+        """Row `row`'s attention over its text units at the step just made (None when the
+        step fell back to row-by-row calls)."""
+        queries = self._lm.queries
+        if queries is None:
+            return None
+        timing = self._active[row].timing
+        arrays = self._lm.buffers.arrays
+        keys = {layer: arrays[f"cache_k_{layer}"][row] for layer, _ in timing.heads}
+        return timing.scores(queries[row], keys)
+
     def _iterate(self) -> None:
         """One flow-LM step for the rows that need it, flow-head steps, decode, leave."""
         active = self._active
@@ -395,6 +424,8 @@ class BatchScheduler:
             for i in np.flatnonzero(needs_lm):
                 if i in errors or not active[i].chunk.observe(float(eos[i, 0])):
                     continue
+                if active[i].timing is not None:
+                    active[i].scores = self._word_scores(i)
                 try:
                     active[i].chunk.begin(cond[i : i + 1])
                 except PocketTTSOnnxError as e:
@@ -414,7 +445,8 @@ class BatchScheduler:
             emitted.append(i)
             latents.append(latent)
         if emitted:
-            self._decoder.decode(np.stack(latents), emitted)
+            scores = [active[i].scores for i in emitted]
+            self._decoder.decode(np.stack(latents), emitted, scores)
         for i in reversed(range(len(active))):
             chunk = active[i].chunk
             done = chunk.x is None and (chunk.finished or not chunk.active)

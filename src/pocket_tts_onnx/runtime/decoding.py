@@ -22,6 +22,7 @@ from pocket_tts_onnx.errors import GenerationError, QueueFullError
 from pocket_tts_onnx.runtime.decoder import MimiRows
 from pocket_tts_onnx.runtime.requests import Request
 from pocket_tts_onnx.runtime.streams import END, AudioChunk
+from pocket_tts_onnx.runtime.timestamps import WordAligner, is_voiced
 
 __all__ = ["MAX_AHEAD", "DecoderThread"]
 
@@ -42,6 +43,8 @@ class _Row:
     held: list = field(default_factory=list)  # frames of the first audio chunk
     flushed: bool = False  # the first chunk has been sent
     failed: bool = False
+    aligner: WordAligner | None = None  # word timestamps of this text chunk
+    words: list = field(default_factory=list)  # word events not sent yet
 
 
 class DecoderThread:
@@ -65,14 +68,17 @@ class DecoderThread:
 
     # ------------------------------------------------ called by the scheduler thread
     def join(self, request: Request) -> None:
-        self._events.put(("join", (request, request.text_index)))
+        timing = request.timing
+        aligner = WordAligner(timing.units) if timing is not None else None
+        self._events.put(("join", (request, request.text_index, aligner)))
 
-    def decode(self, latents: np.ndarray, rows: list[int]) -> None:
-        """Queue one step's latents; waits while MAX_AHEAD steps are already queued."""
+    def decode(self, latents: np.ndarray, rows: list[int], scores: list | None = None) -> None:
+        """Queue one step's latents (one per row; `scores`: each row's word-unit scores, or
+        None); waits while MAX_AHEAD steps are already queued."""
         while not self._ahead.acquire(timeout=1.0):
             if not self.alive:
                 return
-        self._events.put(("decode", (latents, rows)))
+        self._events.put(("decode", (latents, rows, scores or [None] * len(rows))))
 
     def remove(self, row: int, marker: bool) -> None:
         """`row` leaves; `marker`: its text chunk is over (flush it, then end_of_text)."""
@@ -108,13 +114,16 @@ class DecoderThread:
                 return
             handlers[kind](*value)
 
-    def _join(self, request: Request, text_index: int) -> None:
+    def _join(self, request: Request, text_index: int, aligner) -> None:
         self._rows.join()
-        self._table.append(_Row(request, text_index))
+        self._table.append(_Row(request, text_index, aligner=aligner))
 
     def _remove(self, row: int, marker: bool) -> None:
         entry = self._table[row]
         if marker and not entry.failed:
+            if entry.aligner is not None:
+                request = entry.request
+                entry.words += entry.aligner.finish(request.samples / self._sample_rate)
             self._flush(entry)
             self._send(entry, np.zeros(0, np.float32), end_of_text=True)
         self._rows.remove(row)
@@ -124,13 +133,13 @@ class DecoderThread:
     def _finish(self, request: Request, error: BaseException | None) -> None:
         request.out.put(error if error is not None else END)
 
-    def _decode(self, latents: np.ndarray, rows: list[int]) -> None:
+    def _decode(self, latents: np.ndarray, rows: list[int], scores: list) -> None:
         try:
-            self._decode_rows(latents, rows)
+            self._decode_rows(latents, rows, scores)
         finally:
             self._ahead.release()
 
-    def _decode_rows(self, latents: np.ndarray, rows: list[int]) -> None:
+    def _decode_rows(self, latents: np.ndarray, rows: list[int], scores: list) -> None:
         try:
             audio = self._rows.decode(latents, np.asarray(rows), self._pool)
         except Exception:  # isolate: retry each row alone, end only the rows that fail
@@ -144,15 +153,20 @@ class DecoderThread:
                     pieces.append(None)
             for i, row in enumerate(rows):
                 if pieces[i] is not None:
-                    self._emit(self._table[row], pieces[i])
+                    self._emit(self._table[row], pieces[i], scores[i])
             return
         for i, row in enumerate(rows):
-            self._emit(self._table[row], audio[i])
+            self._emit(self._table[row], audio[i], scores[i])
 
-    def _emit(self, entry: _Row, audio: np.ndarray) -> None:
+    def _emit(self, entry: _Row, audio: np.ndarray, scores=None) -> None:
         if entry.failed or entry.request.cancelled.is_set():
             return
         audio = audio.copy()  # a view would pin the whole batch's output
+        request = entry.request
+        if entry.aligner is not None and scores is not None:
+            start = request.samples / self._sample_rate
+            entry.words += entry.aligner.frame(scores, is_voiced(audio), start)
+        request.samples += audio.shape[0]
         if not entry.flushed:
             entry.held.append(audio)
             if len(entry.held) >= entry.request.config.first_chunk_frames:
@@ -174,7 +188,8 @@ class DecoderThread:
             request.cancelled.set()
             self._fail(entry, QueueFullError(_too_slow(self._max_backlog)))
             return
-        request.out.put(AudioChunk(audio, self._sample_rate, entry.text_index, end_of_text))
+        words, entry.words = tuple(entry.words), []
+        request.out.put(AudioChunk(audio, self._sample_rate, entry.text_index, end_of_text, words))
 
     def _fail(self, entry: _Row, error: BaseException) -> None:
         if not isinstance(error, (GenerationError, QueueFullError)):

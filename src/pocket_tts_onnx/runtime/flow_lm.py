@@ -30,6 +30,7 @@ class FlowLM:
         self.latent_dim = int(graph.spec.inputs[0].shape[2])
         self.d_model = int(graph.spec.inputs[1].shape[2])
         self.limit: int | None = None  # most positions any row may need (None: unbounded)
+        self.queries: np.ndarray | None = None  # the last step's post-RoPE queries
 
     def run(self, rows: slice, sequence, text, keep=None) -> dict[str, np.ndarray]:
         """One call on `rows`: reads their K/V in place, writes the new rows after each row's
@@ -66,6 +67,7 @@ class FlowLM:
         n = sequence.shape[0]
         no_text = np.zeros((n, 0, self.d_model), dtype=np.float32)
         out = self.run(slice(0, n), sequence, no_text, keep)
+        self.queries = out.get("queries")  # [n, L, H, d] for word timestamps
         return out["conditioning"], out["eos_logit"]
 
     def states(self, row: int) -> dict[str, np.ndarray]:

@@ -104,3 +104,9 @@ class Request:
     text_index: int = -1
     need: int = 0  # K/V positions the current chunk may reach
     parked: bool = False  # waiting for more text, holding no row
+    # Word timestamps: each chunk's units still to speak (None: off), the current chunk's
+    # text positions, its latest step's unit scores, and the audio samples made so far.
+    units: collections.deque | None = None
+    timing: object = None
+    scores: np.ndarray | None = None
+    samples: int = 0

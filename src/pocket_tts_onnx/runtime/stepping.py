@@ -39,6 +39,7 @@ class RowSteps:
         try:
             out = self.flow_lm.step(sequence, keep)
         except Exception as batch_error:
+            self.flow_lm.queries = None  # no word scores for this step
             out = self._lm_rows(sequence, keep, errors, batch_error)
         self.lm_seconds = 0.8 * self.lm_seconds + 0.2 * (time.perf_counter() - started)
         return out

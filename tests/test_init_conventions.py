@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAMILIES
+from conftest import FAMILIES, ONE_CHUNK, upstream_audio
 from sherpa_protocol import replay_sherpa_protocol
 
 from pocket_tts_onnx import PocketTTSOnnx
@@ -101,10 +101,8 @@ def states_start_at(monkeypatch):
 def test_engine_matches_upstream_under_every_zero_init(
     bundles, family, voice_audio, states_start_at
 ):
-    from test_runtime import ONE_CHUNK, _upstream_audio
-
     b = bundles[family]
-    ref = _upstream_audio(b.upstream(), voice_audio, ONE_CHUNK)
+    ref = upstream_audio(b.upstream(), voice_audio, ONE_CHUNK)
     outputs = {}
     for k in CONVENTIONS:
         states_start_at(k)

@@ -17,6 +17,7 @@ from pocket_tts_onnx import (
     GenerationError,
     InvalidInputError,
     PocketTTSOnnx,
+    PocketTTSOnnxError,
     QueueFullError,
 )
 
@@ -351,3 +352,25 @@ def test_a_reader_that_stops_reading_has_bounded_buffered_audio(bundle):
         assert (stats["active"], stats["waiting"], stats["kv_rows"]) == (0, 0, 0)
         with pytest.raises(QueueFullError, match="not read"):
             list(stream)
+
+
+def test_a_dead_decoder_thread_ends_every_stream_and_the_scheduler(fp32, monkeypatch):
+    """A fault inside the decoder thread itself (not a decode call): its streams get a typed
+    error instead of hanging, and the scheduler reports itself stopped (a server restarts
+    it, see test_serve_app)."""
+    from pocket_tts_onnx.runtime.decoder import MimiRows
+
+    def broken_join(self):
+        raise RuntimeError("simulated decoder-thread fault")
+
+    with BatchScheduler(fp32, max_streams=2) as scheduler:
+        monkeypatch.setattr(MimiRows, "join", broken_join)
+        stream = scheduler.submit(ONE_CHUNK, NO_VOICE, max_frames=5)
+        with pytest.raises(GenerationError, match="simulated"):
+            list(stream)
+        deadline = time.monotonic() + 10
+        while scheduler.alive and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not scheduler.alive
+        with pytest.raises(PocketTTSOnnxError, match="closed"):
+            scheduler.submit(ONE_CHUNK)

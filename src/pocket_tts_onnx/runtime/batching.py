@@ -232,7 +232,7 @@ class BatchScheduler(Admission):
     # ------------------------------------------------------------------ worker
     def _run(self) -> None:
         try:
-            while self._admit():
+            while self._decoder.alive and self._admit():
                 if not self._active:
                     continue
                 try:
@@ -248,9 +248,12 @@ class BatchScheduler(Admission):
                 rest = self._active + list(self._waiting) + list(self._parked)
                 self._active, self._parked = [], set()
                 self._waiting.clear()
-            closing = PocketTTSOnnxError("the scheduler was closed")
+            closing = self._decoder.error or PocketTTSOnnxError("the scheduler was closed")
             for request in rest:
-                self._decoder.finish(request, closing)
+                if self._decoder.alive:
+                    self._decoder.finish(request, closing)
+                else:  # nobody would deliver it
+                    request.out.put(closing)
             self._decoder.close()
 
     def _remove(self, row: int, error: BaseException | None) -> None:

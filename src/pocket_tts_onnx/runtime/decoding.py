@@ -10,6 +10,7 @@ retried row by row and only the rows that still fail end, with the error.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -25,6 +26,8 @@ from pocket_tts_onnx.runtime.streams import END, AudioChunk
 from pocket_tts_onnx.runtime.timestamps import WordAligner, is_voiced
 
 __all__ = ["MAX_AHEAD", "DecoderThread"]
+
+logger = logging.getLogger(__name__)
 
 MAX_AHEAD = 2
 
@@ -56,6 +59,7 @@ class DecoderThread:
         self._max_backlog = max_backlog
         self._table: list[_Row] = []
         self._events: queue.Queue = queue.Queue()
+        self.error: GenerationError | None = None  # why the thread stopped, if it failed
         # Decode steps the scheduler may run ahead of Mimi: enough to overlap the two, few
         # enough that a new stream's first frame does not queue behind many others.
         self._ahead = threading.Semaphore(MAX_AHEAD)
@@ -112,7 +116,14 @@ class DecoderThread:
             kind, value = self._events.get()
             if kind == "stop":
                 return
-            handlers[kind](*value)
+            try:
+                handlers[kind](*value)
+            except Exception as e:  # a fault of this thread: its rows cannot go on
+                logger.exception("the decoder thread failed")
+                error = self.error = GenerationError(f"decoding failed: {e}")
+                for entry in self._table:
+                    entry.request.out.put(error)
+                return  # the scheduler sees it stopped and ends, so it can be restarted
 
     def _join(self, request: Request, text_index: int, aligner) -> None:
         self._rows.join()

@@ -147,18 +147,19 @@ def failover(port: int, rate: int, args, replica_a, port_a: int) -> dict:
 
     on_b = [r for r in records if last_replica(r) not in (None, a)]
     on_a = [r for r in records if last_replica(r) == a]
-    after = [r for r in records if r["started"] > dead]
+    # Cut: on A while it died (a request that reached A between the signal and its exit too).
     cut = [r for r in on_a if "error" in r and r["started"] < dead and r["ended"] > kill]
+    after = [r for r in records if r["started"] > kill and r not in cut]
     return {
         "kill_at_s": kill - t0,
         "requests": len(records),
-        "served_by_a_before_kill": sum(r["ended"] <= kill for r in on_a),
+        "sent_to_a_before_kill": sum(r["started"] < kill for r in on_a),
         "served_by_b": len(on_b),
         "b_failed": sum("error" in r for r in on_b),
         "cut_on_a_by_kill": len(cut),
         "started_after_kill": len(after),
         "after_kill_failed": sum("error" in r for r in after),
-        "after_kill_on_a": sum(last_replica(r) == a for r in after),
+        "after_kill_on_a": sum(last_replica(r) == a and r["started"] > dead for r in after),
         "after_kill_retried": sum("," in (r.get("replica") or "") for r in after),
         "other_failures": sum("error" in r for r in records)
         - len(cut)
@@ -171,7 +172,7 @@ def failover(port: int, rate: int, args, replica_a, port_a: int) -> dict:
 def checks(f: dict) -> list[str]:
     """The failed checks (empty: all passed)."""
     failed = []
-    if f["served_by_a_before_kill"] == 0 or f["served_by_b"] == 0:
+    if f["sent_to_a_before_kill"] == 0 or f["served_by_b"] == 0:
         failed.append("nginx did not spread requests over both replicas before the kill")
     if f["b_failed"]:
         failed.append(f"{f['b_failed']} requests on the live replica failed")

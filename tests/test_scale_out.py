@@ -32,7 +32,7 @@ def test_replica_killed_mid_run_behind_nginx(serve_bundle, tmp_path):
     assert report["failed"] == []
     assert all(level["errors"] == 0 for level in report["levels"])  # the load test via nginx
     f = report["failover"]
-    assert f["served_by_a_before_kill"] > 0 and f["served_by_b"] > 0  # both replicas served
+    assert f["sent_to_a_before_kill"] > 0 and f["served_by_b"] > 0  # both replicas served
     assert f["b_failed"] == 0  # requests to the live replica complete
     assert f["started_after_kill"] > 0 and f["after_kill_failed"] == 0
     assert f["after_kill_on_a"] == 0  # new requests go to the live one

@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-streams", type=int, default=8, help="per replica")
     p.add_argument("--max-queue", type=int, default=32, help="per replica")
     p.add_argument("--levels", default="1,2,4", help="load-test levels through nginx")
-    p.add_argument("--frames", type=int, default=60, help="frames per stream (12.5 per s)")
+    p.add_argument("--frames", type=int, default=60, help="max_frames: per text chunk (12.5 per s)")
     p.add_argument("--clients", type=int, default=4, help="clients during the kill")
     p.add_argument("--kill-after", type=float, default=8.0, help="seconds before the kill")
     p.add_argument("--after", type=float, default=8.0, help="seconds of load after the kill")

@@ -25,6 +25,13 @@ from pocket_tts_onnx.export.loading import DEMO_CONFIG, DEMO_DIR, ModelSource
 
 FAMILIES = ("lsd", "drifting", "pointwise", "flow_matching")
 
+ONE_CHUNK = "Hello world, this is a small test."
+MULTI_CHUNK = (
+    "The quick brown fox jumps over the lazy dog. It was a bright cold day in April, and the "
+    "clocks were striking thirteen. Please call me at 3.5 past noon; we'll talk then! Did you "
+    "hear that? Numbers like 42 and 1999 are read too. This is the very last sentence here."
+)
+
 logging.getLogger("pocket_tts").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -199,3 +206,19 @@ def sherpa_bundle(tmp_path_factory) -> FamilyBundle:
     source = ModelSource(config=config, random_init=True, seed=0)
     _, reports = export_bundle(source, root / "bundle", quantize=True, verify=True)
     return FamilyBundle("lsd", config, root / "bundle", {r.graph: r for r in reports})
+
+
+def upstream_audio(model, voice_audio, text, decode_steps=1, eos=None) -> np.ndarray:
+    """Upstream TTSModel's audio at temperature 0 (the oracle of the parity tests)."""
+    import torch
+    from pocket_tts.modules.stateful_module import init_states
+
+    model.temp = 0.0
+    model.sampler_decode_steps = decode_steps
+    model.eos_threshold = model.config.default_eos_threshold if eos is None else eos
+    if voice_audio is None:
+        state = init_states(model.flow_lm, batch_size=1, sequence_length=0)
+    else:
+        state = model.get_state_for_audio_prompt(torch.from_numpy(voice_audio)[None])
+    with torch.no_grad():
+        return model.generate_audio(state, text).numpy()

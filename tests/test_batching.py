@@ -9,16 +9,16 @@ import time
 
 import numpy as np
 import pytest
-from test_runtime import MULTI_CHUNK, ONE_CHUNK, _upstream_audio
+from conftest import MULTI_CHUNK, ONE_CHUNK, upstream_audio
 
 from pocket_tts_onnx import (
     NO_VOICE,
+    BatchScheduler,
     GenerationError,
     InvalidInputError,
     PocketTTSOnnx,
     QueueFullError,
 )
-from pocket_tts_onnx.runtime.batching import BatchScheduler
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,8 @@ def test_each_stream_equals_the_single_stream_engine(lsd_bundle, voice_audio, pr
 def test_batched_fp32_matches_upstream_at_temperature_zero(lsd_bundle, fp32, voice_audio):
     model = lsd_bundle.upstream()
     refs = [
-        _upstream_audio(model, voice_audio, ONE_CHUNK),
-        _upstream_audio(model, None, MULTI_CHUNK),
+        upstream_audio(model, voice_audio, ONE_CHUNK),
+        upstream_audio(model, None, MULTI_CHUNK),
     ]
     voice = fp32.voice_from_audio((voice_audio, 24000))
     with BatchScheduler(fp32, max_streams=4) as scheduler:
@@ -163,3 +163,191 @@ def test_close_and_failures_end_every_stream_without_hanging(fp32, monkeypatch):
         again = _collect(scheduler.submit(ONE_CHUNK, NO_VOICE, max_frames=5, seed=1))
     want = fp32.generate(ONE_CHUNK, NO_VOICE, max_frames=5, seed=1)
     assert again.shape == want.shape and np.max(np.abs(again - want)) <= 1e-4
+
+
+# ------------------------------------------------------------- one bad row, one core
+def test_a_failing_row_ends_only_its_own_stream(fp32, voice_audio):
+    """A NaN voice (conditioning NaN at its first step) and a flow head that fails for one
+    row end those streams with typed errors; the other rows finish with the single-stream
+    engine's audio and the scheduler keeps serving."""
+    from pocket_tts_onnx import NonFiniteError, Voice
+
+    voice = fp32.voice_from_audio((voice_audio, 24000))
+    poisoned = {k: np.array(v) for k, v in voice.states.items()}
+    poisoned["state_0"][0, 0, -1, 0] = np.nan
+    good = {"seed": 4, "temperature": 0.7, "eos_threshold": float("inf"), "max_frames": 12}
+    want = fp32.generate(ONE_CHUNK, voice, **good)
+    sampler = fp32.core.sampler
+    real_advance = sampler.advance
+
+    def advance(cond, x, done, total):  # a flow-head call that fails for lsd_steps=7 rows
+        if (total == 7).any():
+            raise RuntimeError("simulated flow-head failure")
+        return real_advance(cond, x, done, total)
+
+    sampler.advance = advance
+    try:
+        with BatchScheduler(fp32, max_streams=4) as scheduler:
+            streams = [
+                scheduler.submit(ONE_CHUNK, voice, **good),
+                scheduler.submit(ONE_CHUNK, Voice(poisoned, fp32.model_id), seed=1),
+                scheduler.submit(ONE_CHUNK, voice, lsd_steps=7, seed=2),
+                scheduler.submit(MULTI_CHUNK, voice, **good),
+            ]
+            outcomes = []
+            for stream in streams:
+                try:
+                    outcomes.append(_collect(stream))
+                except Exception as e:
+                    outcomes.append(e)
+            assert isinstance(outcomes[1], NonFiniteError)
+            assert isinstance(outcomes[2], GenerationError) and "simulated" in str(outcomes[2])
+            want_multi = fp32.generate(MULTI_CHUNK, voice, **good)
+            for got, ref in ((outcomes[0], want), (outcomes[3], want_multi)):
+                assert got.shape == ref.shape and np.max(np.abs(got - ref)) <= 1e-4
+            assert scheduler.alive
+            again = _collect(scheduler.submit(ONE_CHUNK, voice, **good))
+            assert np.max(np.abs(again - want)) <= 1e-4
+    finally:
+        sampler.advance = real_advance
+
+
+def test_many_solver_steps_do_not_hold_the_other_rows(fp32, monkeypatch):
+    """A row asking for 64 flow-head steps per frame solves them over several iterations:
+    a neighbour with 1 step gets a frame every iteration, not every 64 head calls."""
+    from pocket_tts_onnx.runtime import stepping
+
+    monkeypatch.setattr(stepping, "SOLVE_SHARE", 0.0)  # the extra steps: none beyond the least
+    calls = []  # per flow-head call: does the 1-step row take part?
+    sampler = fp32.core.sampler
+    real_advance = sampler.advance
+
+    def advance(cond, x, done, total):
+        calls.append(bool((total == 1).any()))
+        return real_advance(cond, x, done, total)
+
+    monkeypatch.setattr(sampler, "advance", advance)
+    off = {"eos_threshold": float("inf"), "max_frames": 20}
+    with BatchScheduler(fp32, max_streams=2) as scheduler:
+        slow = scheduler.submit(ONE_CHUNK, NO_VOICE, lsd_steps=64, seed=1, **off)
+        fast = scheduler.submit(ONE_CHUNK, NO_VOICE, lsd_steps=1, seed=2, **off)
+        fast_audio, slow_audio = _collect(fast), _collect(slow)
+    fast_calls = [i for i, fast_row in enumerate(calls) if fast_row]
+    assert len(fast_calls) == 20  # one head call per frame of the 1-step row
+    span = fast_calls[-1] - fast_calls[0] + 1
+    assert span <= 2 * 20, span  # held by the 64-step row, it would be about 20 x 64
+    for audio, steps, seed in ((fast_audio, 1, 2), (slow_audio, 64, 1)):
+        want = fp32.generate(ONE_CHUNK, NO_VOICE, lsd_steps=steps, seed=seed, **off)
+        assert audio.shape == want.shape and np.max(np.abs(audio - want)) <= 1e-4
+
+
+def test_kv_memory_follows_the_rows_that_need_it(fp32):
+    def stats(scheduler, key):
+        return scheduler.stats()[key]
+
+    with BatchScheduler(fp32, max_streams=2) as scheduler:
+        long = scheduler.submit(ONE_CHUNK, NO_VOICE, eos_threshold=float("inf"), max_frames=3000)
+        next(long)
+        short = scheduler.submit(ONE_CHUNK, NO_VOICE, eos_threshold=float("inf"), max_frames=40)
+        next(short)
+        assert stats(scheduler, "kv_capacity") >= 3000
+        long.cancel()
+        deadline = time.monotonic() + 10
+        while stats(scheduler, "kv_capacity") >= 3000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stats(scheduler, "kv_capacity") < 512  # the long stream's room came back
+        _collect(short)
+        deadline = time.monotonic() + 10
+        while stats(scheduler, "kv_rows") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stats(scheduler, "kv_rows") == 0 and stats(scheduler, "kv_mb") == 0
+
+
+def test_kv_budget_refuses_what_can_never_fit_and_queues_the_rest(fp32):
+    off = {"eos_threshold": float("inf"), "seed": 0}
+    with BatchScheduler(fp32, max_streams=4, max_kv_positions=600) as scheduler:
+        with pytest.raises(InvalidInputError, match="budget") as info:
+            _collect(scheduler.submit(ONE_CHUNK, NO_VOICE, max_frames=1000, **off))
+        assert info.value.param == "max_frames"
+        first = scheduler.submit(ONE_CHUNK, NO_VOICE, max_frames=400, **off)
+        next(first)
+        second = scheduler.submit(ONE_CHUNK, NO_VOICE, max_frames=400, **off)
+        time.sleep(0.2)
+        assert scheduler.stats()["active"] == 1 and scheduler.stats()["waiting"] == 1
+        _collect(first)
+        assert _collect(second).shape[0] == 400 * fp32.manifest.samples_per_latent
+
+
+def test_first_chunk_frames_is_honoured_by_the_scheduler(fp32):
+    frame = fp32.manifest.samples_per_latent
+    with BatchScheduler(fp32, max_streams=2) as scheduler:
+        stream = scheduler.submit(ONE_CHUNK, NO_VOICE, first_chunk_frames=4, max_frames=9)
+        assert next(stream).samples.shape[0] == 4 * frame
+
+
+def test_scheduler_matches_the_protocol_and_the_core_has_no_cycle(fp32):
+    import ast
+    from pathlib import Path
+
+    from pocket_tts_onnx.runtime.streams import Scheduler
+    from pocket_tts_onnx.serve.scheduler import SupervisedScheduler
+
+    supervised = SupervisedScheduler(lambda: BatchScheduler(fp32, max_streams=1))
+    with BatchScheduler(fp32, max_streams=1) as scheduler:
+        assert isinstance(scheduler, Scheduler) and isinstance(supervised, Scheduler)
+    supervised.close()
+    root = Path(__file__).resolve().parents[1] / "src" / "pocket_tts_onnx" / "runtime"
+    graph = {}
+    for path in root.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "pocket_tts_onnx.runtime."
+            ):
+                names.add(node.module.rsplit(".", 1)[1])
+        graph[path.stem] = names
+    assert "engine" not in graph["batching"] and "engine" not in graph["core"]
+
+    def visit(node, stack):
+        assert node not in stack, f"import cycle: {' -> '.join([*stack, node])}"
+        for nxt in graph.get(node, ()):
+            visit(nxt, [*stack, node])
+
+    for module in graph:
+        visit(module, [])
+
+
+@pytest.fixture(scope="module")
+def bundle(lsd_bundle):
+    return lsd_bundle.bundle
+
+
+def test_scheduler_limits_are_typed_errors(bundle):
+    tts = PocketTTSOnnx.load(bundle, precision="fp32")
+    with pytest.raises(InvalidInputError, match="max_streams"):
+        BatchScheduler(tts, max_streams=10**6)
+    scheduler = BatchScheduler(tts, max_streams=2, max_chunk_tokens=64)
+    with scheduler, pytest.raises(InvalidInputError, match="max_chunk_tokens"):
+        scheduler.submit("a" * 2000)  # one word: the chunker cannot split it
+    with BatchScheduler(tts, max_streams=1) as scheduler:
+        # 3,500+ characters of words without a full stop: cut at words, not refused.
+        words = " ".join(f"word{i % 97}" if i % 5 else "and" for i in range(900))
+        stream = scheduler.submit(words, NO_VOICE, max_frames=1)
+        stream.cancel()
+
+
+def test_a_reader_that_stops_reading_has_bounded_buffered_audio(bundle):
+    tts = PocketTTSOnnx.load(bundle, precision="fp32")
+    with BatchScheduler(tts, max_streams=2, max_buffered_seconds=1.0) as scheduler:
+        stream = scheduler.submit(
+            "Hello there.", NO_VOICE, eos_threshold=float("inf"), max_frames=400
+        )
+        deadline = time.monotonic() + 60
+        while scheduler.stats()["active"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until it runs
+        while scheduler.stats()["active"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # not reading: the scheduler stops the stream, freeing its row
+        stats = scheduler.stats()
+        assert (stats["active"], stats["waiting"], stats["kv_rows"]) == (0, 0, 0)
+        with pytest.raises(QueueFullError, match="not read"):
+            list(stream)

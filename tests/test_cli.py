@@ -64,7 +64,7 @@ def _subcommand(name: str) -> argparse.ArgumentParser:
     return sub.choices[name]
 
 
-@pytest.mark.parametrize("command", ["voices", "bench", "say", "voice", "export"])
+@pytest.mark.parametrize("command", ["voices", "bench", "say", "voice", "export", "wyoming"])
 def test_every_option_is_described_with_its_default(command):
     for action in _subcommand(command)._actions:
         if isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction)):

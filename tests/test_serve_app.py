@@ -363,3 +363,22 @@ def test_hostile_bodies_get_short_specific_answers(serve_bundle, tts):
         assert fake.status == 413
         long_name = client.post_json(port, "/v1/audio/speech", {"input": "hi", "voice": "a" * 9999})
         assert long_name.status == 400 and len(long_name.body) < 1000
+
+
+def test_one_bad_request_never_stops_the_server_and_a_stopped_scheduler_restarts(serve_bundle, tts):
+    from pocket_tts_onnx.serve.app import create_app
+
+    app = create_app(tts, serve_bundle)
+    ok = {"input": "Hello there.", "response_format": "wav", "max_frames": 3}
+    with running(app) as port:
+        for temperature in (1e308, 1e30, 2.5):  # finite but absurd: refused, named
+            bad = client.post_json(port, "/v1/audio/speech", {**ok, "temperature": temperature})
+            assert bad.status == 400 and bad.json()["error"]["param"] == "temperature"
+        assert client.post_json(port, "/v1/audio/speech", ok).status == 200
+        assert client.health(port)["status"] == "ok"
+        app.state.serve.scheduler._scheduler.close()  # as if the scheduler thread had died
+        reply = client.request(port, "GET", "/health")
+        assert reply.status == 503 and "stopped" in reply.json()["status"]
+        assert client.request(port, "GET", "/health").status == 200  # a new one runs
+        assert client.post_json(port, "/v1/audio/speech", ok).status == 200
+        assert client.health(port)["scheduler"]["restarts"] == 1

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_init_conventions import replay_sherpa_protocol
+from sherpa_protocol import replay_sherpa_protocol
 
 from pocket_tts_onnx.errors import ExportError
 from pocket_tts_onnx.export.loading import DEMO_DIR

@@ -13,6 +13,7 @@ from pocket_tts_onnx.errors import (
     NonFiniteError,
     PocketTTSOnnxError,
     QueueFullError,
+    TimestampsUnavailableError,
     UnsupportedVersionError,
     VerificationError,
     VoiceError,
@@ -27,6 +28,7 @@ from pocket_tts_onnx.runtime.engine import (
     Voice,
 )
 from pocket_tts_onnx.runtime.streams import BatchStream, TextStream
+from pocket_tts_onnx.runtime.timestamps import WordEvent
 
 __version__ = "0.1.0"
 
@@ -47,9 +49,11 @@ __all__ = [
     "PocketTTSOnnxError",
     "QueueFullError",
     "TextStream",
+    "TimestampsUnavailableError",
     "UnsupportedVersionError",
     "VerificationError",
     "Voice",
     "VoiceError",
+    "WordEvent",
     "__version__",
 ]

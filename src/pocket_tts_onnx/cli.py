@@ -63,6 +63,11 @@ def _export_parser(sub) -> None:
         "--no-verify", action="store_true", help="skip the parity check (default: verify)"
     )
     p.add_argument(
+        "--timestamp-heads",
+        help="flow-LM heads for word timestamps, e.g. L3H8,L2H0 (default: the calibrated "
+        "heads of pocket-tts-timestamped for the configs it covers, else none)",
+    )
+    p.add_argument(
         "--voices",
         default="all",
         help="predefined voices to ship: all (default: the language's catalog; the default "
@@ -143,6 +148,13 @@ def _serve_parser(sub) -> None:
     add_arguments(p)
 
 
+def _wyoming_parser(sub) -> None:
+    from pocket_tts_onnx.wyoming.cli import add_arguments
+
+    p = sub.add_parser("wyoming", help="Wyoming server for Home Assistant (needs [wyoming])")
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pocket_tts_onnx import __version__
 
@@ -155,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _voices_parser(sub)
     _bench_parser(sub)
     _serve_parser(sub)
+    _wyoming_parser(sub)
     return parser
 
 
@@ -203,6 +216,7 @@ def run_export(args) -> None:
         progress=_progress,
         voices=voices,
         precision=args.precision,
+        timestamp_heads=args.timestamp_heads,
     )
     by_graph = {r.graph: r for r in reports}
     w = max(18, *(len(name) + 2 for name in manifest.graphs))
@@ -428,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
             from pocket_tts_onnx.serve.cli import run as run_serve
 
             run_serve(args)
+        elif args.command == "wyoming":
+            from pocket_tts_onnx.wyoming.cli import run as run_wyoming
+
+            run_wyoming(args)
         else:
             handlers[args.command](args)
     except PocketTTSOnnxError as e:

@@ -60,6 +60,11 @@ class NonFiniteError(InvalidInputError):
     """Generation produced NaN/Inf (e.g. an extreme temperature); the message names the cause."""
 
 
+class TimestampsUnavailableError(InvalidInputError):
+    """Word timestamps were asked of a bundle that has no timestamp heads (or of a text
+    stream, which does not support them)."""
+
+
 class GenerationError(PocketTTSOnnxError):
     """A model call failed for one stream (the runtime's fault, not the input's); the
     scheduler ended that stream and keeps serving the others."""

@@ -228,6 +228,9 @@ class Manifest:
     # What voices are checked against: the sha256 of the FP32 flow_lm_main file as exported,
     # recorded because an INT8-only bundle does not ship that file.
     model_id: str = ""
+    # Flow-LM (layer, head) pairs whose attention over the text gives word timestamps;
+    # empty: the bundle has none (stored as "timestamps": null).
+    timestamp_heads: tuple[tuple[int, int], ...] = ()
 
     @property
     def flow_time_inputs(self) -> tuple[str, ...]:
@@ -260,6 +263,9 @@ class Manifest:
             "sherpa_onnx": asdict(self.sherpa_onnx) if self.sherpa_onnx else None,
             "precisions": list(self.precisions),
             "model_id": self.model_id,
+            "timestamps": (
+                {"heads": [list(h) for h in self.timestamp_heads]} if self.timestamp_heads else None
+            ),
             "notes": list(self.notes),
         }
 
@@ -321,6 +327,7 @@ class Manifest:
                 sherpa_onnx=SherpaOnnxFiles(**d["sherpa_onnx"]) if d.get("sherpa_onnx") else None,
                 precisions=precisions,
                 model_id=model_id,
+                timestamp_heads=_timestamp_heads(d.get("timestamps"), graphs),
             )
             dims = {k: getattr(manifest, k) for k in ("latent_dim", "d_model", "head_dim")}
             problem = spec_disagreement({n: g.spec for n, g in graphs.items()}, dims)
@@ -403,3 +410,31 @@ def _precisions_and_model_id(d: dict, graphs: dict[str, GraphEntry]) -> tuple[tu
     if not isinstance(model_id, str) or not model_id:
         raise ValueError(f"model_id must be the FP32 flow_lm_main's sha256, got {model_id!r}")
     return precisions, model_id
+
+
+def _timestamp_heads(entry, graphs: dict[str, GraphEntry]) -> tuple[tuple[int, int], ...]:
+    """The `timestamps` entry: null, or {"heads": [[layer, head], ...]} within the layers
+    and heads of flow_lm_step's `queries` output."""
+    if entry is None:
+        return ()
+    heads = entry["heads"]
+    step = graphs.get("flow_lm_step")
+    queries = [t for t in step.spec.outputs if t.name == "queries"] if step else []
+    if not queries:
+        raise ValueError("timestamps needs a flow_lm_step graph with a queries output")
+    layers, per_layer = queries[0].shape[1], queries[0].shape[2]
+    if not isinstance(heads, list) or not heads:
+        raise ValueError("timestamps.heads must be a non-empty list of [layer, head]")
+    out = []
+    for pair in heads:
+        ok = isinstance(pair, list) and len(pair) == 2
+        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+        if not ok or not (0 <= pair[0] < layers and 0 <= pair[1] < per_layer):
+            raise ValueError(
+                f"timestamps.heads: {pair!r} is not a [layer, head] of this model "
+                f"({layers} layers of {per_layer} heads)"
+            )
+        out.append((pair[0], pair[1]))
+    if len(set(out)) != len(out):
+        raise ValueError("timestamps.heads names a head twice")
+    return tuple(out)

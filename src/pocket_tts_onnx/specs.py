@@ -281,11 +281,15 @@ def build_graph_specs(
     head_dim: int,
     latent_dim: int,
     flow_type: str,
+    num_heads: int,
     flow_lm_states: list[StateSpec],
     mimi_decoder_states: list[StateSpec],
 ) -> dict[str, GraphSpec]:
-    """The graph contract for one model. `head_dim` is Dz (z_dim, or d_model without it)."""
+    """The graph contract for one model. `head_dim` is Dz (z_dim, or d_model without it);
+    `num_heads` the flow LM's query heads per layer."""
     f32 = "float32"
+    kv_states = [s for s in flow_lm_states if s.upstream_key == "cache.k"]
+    layers, attn_head_dim = len(kv_states), kv_states[0].shape[3]
     times = [TensorSpec(t, f32, ["batch", 1]) for t in FLOW_TIME_INPUTS[flow_type]]
     specs = [
         GraphSpec(
@@ -332,6 +336,7 @@ def build_graph_specs(
             [
                 TensorSpec("conditioning", f32, ["batch", head_dim]),
                 TensorSpec("eos_logit", f32, ["batch", 1]),
+                TensorSpec("queries", f32, ["batch", layers, num_heads, attn_head_dim]),
             ],
             buffers=step_buffers(flow_lm_states),
         ),

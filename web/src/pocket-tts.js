@@ -24,6 +24,7 @@ import { KV_SLACK, KVCache } from "./kv-cache.js";
 import { readNpz } from "./npz.js";
 import { createRng } from "./rng.js";
 import { drawNoise, solveFlow } from "./sampling.js";
+import { PARAMETERS } from "./parameters.js";
 import { estimateMaxFrames, InvalidInputError, textRules, textToChunkTokens } from "./text.js";
 import { loadTokenizer } from "./tokenizer.js";
 
@@ -332,55 +333,37 @@ export class PocketTTS {
     }
   }
 
-  _params({
-    temperature = null,
-    lsdSteps = null,
-    eosThreshold = null,
-    framesAfterEos = null,
-    noiseClamp = null,
-    seed = null,
-    maxFrames = null,
-    firstChunkFrames = 1,
-    decodeFrames = null,
-  } = {}) {
+  // Generation parameters by their camelCase names, checked against the one parameter list
+  // (parameters.js, generated from Python's GenerationConfig): same defaults, same limits.
+  _params({ decodeFrames = null, ...given } = {}) {
     const d = this.manifest.defaults;
-    const p = {
-      temperature: temperature ?? d.temperature,
-      lsdSteps: lsdSteps ?? d.decode_steps,
-      eosThreshold: eosThreshold ?? d.eos_threshold,
-      framesAfterEos: framesAfterEos ?? d.frames_after_eos,
-      noiseClamp: noiseClamp ?? d.noise_clamp,
-      seed,
-      maxFrames,
-      firstChunkFrames,
-      decodeFrames: decodeFrames ?? maxDecodeFrames(this.manifest),
-    };
-    const isInt = Number.isInteger;
-    const fail = (message) => {
-      throw new InvalidInputError(message);
-    };
-    if (typeof p.temperature !== "number" || !Number.isFinite(p.temperature) || p.temperature < 0) {
-      fail(`temperature must be a finite number >= 0, got ${p.temperature}`);
-    }
-    if (!isInt(p.lsdSteps) || p.lsdSteps < 1) fail(`LSD steps must be an integer >= 1, got ${p.lsdSteps}`);
-    if (typeof p.eosThreshold !== "number" || Number.isNaN(p.eosThreshold)) {
-      fail(`eos threshold must be a number, got ${p.eosThreshold}`);
-    }
-    if (p.framesAfterEos !== null && (!isInt(p.framesAfterEos) || p.framesAfterEos < 0)) {
-      fail(`framesAfterEos must be an integer >= 0, got ${p.framesAfterEos}`);
-    }
-    if (p.noiseClamp !== null && !(typeof p.noiseClamp === "number" && p.noiseClamp > 0)) {
-      fail(`noiseClamp must be > 0 or null, got ${p.noiseClamp}`);
-    }
-    if (p.maxFrames !== null && (!isInt(p.maxFrames) || p.maxFrames < 1)) {
-      fail(`maxFrames must be an integer >= 1, got ${p.maxFrames}`);
-    }
-    if (p.seed !== null && !isInt(p.seed)) fail(`seed must be an integer or null, got ${p.seed}`);
-    // More latents than max_decode_frames are decoded in several calls of at most that many.
-    for (const key of ["firstChunkFrames", "decodeFrames"]) {
-      if (!isInt(p[key]) || p[key] < 1 || p[key] > 1000) {
-        fail(`${key} must be an integer in 1..1000, got ${p[key]}`);
+    const known = new Set(PARAMETERS.map((q) => q.js));
+    const unknown = Object.keys(given).filter((k) => !known.has(k));
+    if (unknown.length) throw new InvalidInputError(`unknown generation parameter(s) ${unknown}`);
+    const p = { decodeFrames: decodeFrames ?? maxDecodeFrames(this.manifest) };
+    for (const q of PARAMETERS) {
+      const value = given[q.js] ?? (q.manifestDefault ? d[q.manifestDefault] : q.default);
+      p[q.js] = value;
+      if (value === null && q.optional) continue;
+      const number = typeof value === "number" && !Number.isNaN(value);
+      let ok = number && (q.kind === "float" || Number.isInteger(value));
+      if (ok && q.minimum !== null) ok = q.aboveMinimum ? value > q.minimum : value >= q.minimum;
+      if (ok && q.maximum !== null) ok = value <= q.maximum;
+      if (!ok) {
+        const what = q.kind === "int" ? "an integer" : "a number";
+        const bounds = [
+          q.minimum !== null ? `${q.aboveMinimum ? ">" : ">="} ${q.minimum}` : null,
+          q.maximum !== null ? `<= ${q.maximum}` : null,
+        ].filter(Boolean);
+        const range = bounds.length ? ` ${bounds.join(" and ")}` : "";
+        throw new InvalidInputError(
+          `${q.js} must be ${what}${range}${q.optional ? " or null" : ""}, got ${value}`,
+        );
       }
+    }
+    // More latents than max_decode_frames are decoded in several calls of at most that many.
+    if (!Number.isInteger(p.decodeFrames) || p.decodeFrames < 1 || p.decodeFrames > 1000) {
+      throw new InvalidInputError(`decodeFrames must be an integer in 1..1000, got ${p.decodeFrames}`);
     }
     return p;
   }

@@ -36,6 +36,7 @@ def model_graph_specs(model: torch.nn.Module) -> dict[str, GraphSpec]:
         head_dim=flow_lm.out_eos.in_features,
         latent_dim=flow_lm.ldim,
         flow_type=flow_lm.flow_type,
+        num_heads=flow_lm.transformer.layers[0].self_attn.num_heads,
         flow_lm_states=flow_lm_state_specs(flow_lm),
         mimi_decoder_states=mimi_decoder_state_specs(model.mimi),
     )

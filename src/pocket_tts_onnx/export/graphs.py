@@ -198,7 +198,8 @@ class FlowLMMainGraph(nn.Module):
 
 class FlowLMStepGraph(nn.Module):
     """flow_lm_main over read-only K/V buffers, returning only the new rows (fast-KV), for
-    any batch of streams at different positions (docs/state-design.md)."""
+    any batch of streams at different positions (docs/state-design.md), and every layer's
+    post-RoPE query of the last position (for word timestamps)."""
 
     def __init__(self, flow_lm: nn.Module, buffers: list[BufferSpec]):
         super().__init__()
@@ -222,7 +223,9 @@ class FlowLMStepGraph(nn.Module):
             model_state[b.upstream_module.split(".", 1)[1]]["new_" + b.upstream_key[-1]]
             for b in self.buffers
         ]
-        return (conditioning, eos_logit, *new)
+        layers = dict.fromkeys(b.upstream_module.split(".", 1)[1] for b in self.buffers)
+        queries = torch.stack([model_state[name]["query"] for name in layers], dim=1)
+        return (conditioning, eos_logit, queries, *new)
 
 
 class FlowHeadGraph(nn.Module):

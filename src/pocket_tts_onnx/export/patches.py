@@ -163,6 +163,9 @@ def _buffered_attention(self, query, state):
     q, k, v = _project(self, query)
     offset = state["offset"].reshape(-1)
     q, k = _rope(q, k, offset, self.rope.max_period)
+    # The last position's post-RoPE query [B, H, d] (zeros when nothing is fed): what
+    # word timestamps score against the text keys (runtime/timestamps.py).
+    state["query"] = torch.cat([q.new_zeros((b, 1, *q.shape[2:])), q], 1)[:, -1]
     k, v = k.transpose(1, 2), v.transpose(1, 2)
     state["new_k"], state["new_v"] = k, v
     buf_k, buf_v = state["buf_k"], state["buf_v"]

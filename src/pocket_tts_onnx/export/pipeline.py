@@ -34,6 +34,7 @@ from pocket_tts_onnx.export.patches import check_pocket_tts_version
 from pocket_tts_onnx.export.quantize import quantize_graph
 from pocket_tts_onnx.export.share import SHARED_WEIGHTS, external_files, share_weights
 from pocket_tts_onnx.export.sherpa import write_sherpa_tokenizer
+from pocket_tts_onnx.export.timestamp_heads import calibrated_heads, format_heads, parse_heads
 from pocket_tts_onnx.export.verify import GraphReport, reference_cases, verify_graph
 from pocket_tts_onnx.export.voices import export_voices
 from pocket_tts_onnx.manifest import (
@@ -222,6 +223,21 @@ def _precisions(quantize: bool, precision: str | None) -> tuple[str, ...]:
     return chosen
 
 
+def _timestamp_heads(source: ModelSource, model, option: str | None):
+    """(heads, manifest note): from --timestamp-heads, else the fork's calibration for a
+    shipped config it covers, else none."""
+    attention = model.flow_lm.transformer.layers[0].self_attn
+    layers = len(model.flow_lm.transformer.layers)
+    if option is not None:
+        heads = parse_heads(option, layers, attention.num_heads)
+        return heads, f"Word-timestamp heads {format_heads(heads)} given at export."
+    found = calibrated_heads(source.language) if source.language else None
+    if found is None:
+        return (), None
+    text, note = found
+    return parse_heads(text, layers, attention.num_heads), note
+
+
 def _build_manifest(
     loaded: LoadedModel,
     specs,
@@ -276,12 +292,14 @@ def export_bundle(
     progress: Callable[[str], None] = lambda _: None,
     voices: str | tuple[str, ...] = "all",
     precision: str | None = None,
+    timestamp_heads: str | None = None,
 ) -> tuple[Manifest, list[GraphReport]]:
     """Export, optionally quantize, verify against upstream and install the bundle at `output`.
 
     `precision` "int8" ships INT8 graphs only: FP32 is still exported and verified (it is
     what INT8 is measured against, and its flow_lm_main digest is the model id), then left
-    out of the bundle."""
+    out of the bundle. `timestamp_heads` ("L3H8,L2H0") names the word-timestamp heads; by
+    default a config the fork calibrated gets its heads, any other none."""
     precisions = _precisions(quantize, precision)
     version = check_pocket_tts_version()
     output = _prepare_output(Path(output), progress)
@@ -289,6 +307,7 @@ def export_bundle(
     loaded = load_model(source)
     model = loaded.model
     specs = model_graph_specs(model)
+    heads, heads_note = _timestamp_heads(source, model, timestamp_heads)
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(output), dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be served and shared
     try:
@@ -340,8 +359,9 @@ def export_bundle(
             manifest,
             voices=voice_entries,
             default_voice=default_voice,
-            notes=[*manifest.notes, *voice_notes],
+            notes=[*manifest.notes, *voice_notes, *([heads_note] if heads_note else [])],
             sherpa_onnx=sherpa,
+            timestamp_heads=heads,
         )
         manifest.save(staging)
         _install(staging, output, progress)

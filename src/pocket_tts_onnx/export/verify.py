@@ -177,20 +177,36 @@ def _flow_lm_step_cases(model) -> Iterator[list[Step]]:
     ]
     prompts[1][1:] = [prompts[1][1][:, :5], prompts[1][1][:, 5:]]
     states = [init_states(flow_lm, 1, 64 + STREAM_STEPS) for _ in prompts]
+    # One hook per RoPE module (layers may share one): it sees every layer's call in order.
+    ropes = {id(m): m for m in (la.self_attn.rope for la in flow_lm.transformer.layers)}
 
     def upstream(row, seq, emb):
-        latents = torch.where(torch.isnan(seq), flow_lm.bos_emb, seq)
-        hidden = flow_lm.backbone(flow_lm.input_linear(latents), emb, seq, states[row])[:, -1]
+        """(conditioning, eos_logit, queries): each layer's post-RoPE query of the last
+        position, read where upstream's attention applies RoPE."""
+        captured = []
+        hooks = [
+            r.register_forward_hook(lambda _m, _i, out: captured.append(out[0]))
+            for r in ropes.values()
+        ]
+        try:
+            latents = torch.where(torch.isnan(seq), flow_lm.bos_emb, seq)
+            hidden = flow_lm.backbone(flow_lm.input_linear(latents), emb, seq, states[row])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        hidden = hidden[:, -1]
         increment_steps(flow_lm, states[row], seq.shape[1] + emb.shape[1])
-        return hidden, flow_lm.out_eos(hidden)
+        queries = torch.stack([q[:, -1] for q in captured], dim=1)  # [1, L, H, d]
+        return hidden, flow_lm.out_eos(hidden), queries
 
     steps = []
     for row, embs in enumerate(prompts):
         for emb in embs:
-            hidden, eos = upstream(row, empty_seq, emb)
+            hidden, eos, queries = upstream(row, empty_seq, emb)
             inputs = {"rows": np.array([row, row + 1]), "sequence": _np(empty_seq)}
             inputs["text_embeddings"] = _np(emb)
-            steps.append((inputs, {"conditioning": _np(hidden), "eos_logit": _np(eos)}))
+            refs = {"conditioning": _np(hidden), "eos_logit": _np(eos), "queries": _np(queries)}
+            steps.append((inputs, refs))
     seqs = [torch.full((1, 1, ldim), np.nan)] * 2
     for _ in range(STREAM_STEPS):
         outs = [upstream(row, seqs[row], empty_text) for row in range(2)]
@@ -200,8 +216,8 @@ def _flow_lm_step_cases(model) -> Iterator[list[Step]]:
             "text_embeddings": np.zeros((2, 0, dim), np.float32),
         }
         refs = {
-            "conditioning": np.concatenate([_np(h) for h, _ in outs]),
-            "eos_logit": np.concatenate([_np(e) for _, e in outs]),
+            name: np.concatenate([_np(out[i]) for out in outs])
+            for i, name in enumerate(("conditioning", "eos_logit", "queries"))
         }
         steps.append((inputs, refs))
         seqs = [torch.randn(1, 1, ldim, generator=gen) for _ in range(2)]

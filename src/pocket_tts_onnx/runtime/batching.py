@@ -25,7 +25,7 @@ import contextlib
 import ctypes
 import logging
 import threading
-import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,12 +34,14 @@ from pocket_tts_onnx.errors import (
     InvalidInputError,
     PocketTTSOnnxError,
     QueueFullError,
+    TimestampsUnavailableError,
 )
 from pocket_tts_onnx.runtime.core import GenerationCore
 from pocket_tts_onnx.runtime.decoding import DecoderThread
 from pocket_tts_onnx.runtime.generation import ChunkStream, chunk_max_frames
 from pocket_tts_onnx.runtime.kv_buffer import filled_positions
-from pocket_tts_onnx.runtime.requests import WAIT, FeedSource, Request, TextSource
+from pocket_tts_onnx.runtime.requests import WAIT, FeedSource, FeedWriter, Request, TextSource
+from pocket_tts_onnx.runtime.stepping import RowSteps
 from pocket_tts_onnx.runtime.streams import BatchStream, TextStream
 from pocket_tts_onnx.text import MAX_CHUNK_TOKENS  # the longest chunk the text splitter makes
 
@@ -49,9 +51,6 @@ logger = logging.getLogger(__name__)
 
 # At most this many streams per scheduler.
 MAX_STREAMS = 256
-# Flow-head work a row with many solver steps may add to one iteration, as a share of the
-# flow-LM step's time, beyond what the rows with the fewest steps need.
-SOLVE_SHARE = 0.25
 
 
 def _int_option(label: str, value, least: int, most: int) -> int:
@@ -67,6 +66,17 @@ def _release_memory() -> None:
     """Give freed heap pages back to the OS (glibc keeps them otherwise)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@dataclass
+class _Ready:
+    """A request whose voice is loaded in its row, its text prompt not yet fed."""
+
+    request: Request
+    chunk: object
+    embeddings: np.ndarray
+    filled: int
+    need: int
 
 
 class BatchScheduler:
@@ -102,13 +112,13 @@ class BatchScheduler:
             )
         self.core = core
         self._lm = core.flow_lm(rows=0)
+        self._steps = RowSteps(core.sampler, self._lm)
         self._waiting: collections.deque[Request] = collections.deque()
         self._active: list[Request] = []
         self._parked: set[Request] = set()
-        self._admitting: Request | None = None  # being prompted into a row
+        self._admitting: list[Request] = []  # being prompted into rows
         self._lock = threading.Condition()  # reentrant
         self._closed = False
-        self._lm_seconds = 0.0  # running mean of a flow-LM step
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0}
         backlog = int(max_buffered_seconds * core.frame_rate)
         self._decoder = DecoderThread(core.decoder_rows(), core.sample_rate, backlog)
@@ -116,19 +126,34 @@ class BatchScheduler:
         self._thread.start()
 
     # ------------------------------------------------------------------ public
-    def submit(self, text: str, voice=None, config=None, **params) -> BatchStream:
-        """Queue `text` for synthesis; `config` and `params` as `PocketTTSOnnx.stream`."""
+    def submit(
+        self, text: str, voice=None, config=None, *, timestamps: bool = False, **params
+    ) -> BatchStream:
+        """Queue `text` for synthesis; `config` and `params` as `PocketTTSOnnx.stream`.
+        `timestamps`: AudioChunks carry word events (the text is chunked whole first)."""
         config = self.core.config(config, **params)
         start = self.core.resolve_voice(voice)
         chunks = self.core.chunks(text)
+        units = None
+        if timestamps is not False:
+            chunks, units = self.core.word_units(text, chunks, timestamps)
         first = next(chunks)
         self._check_chunk(first)
         request = Request(TextSource(first, chunks), start, config, self._rng(config))
+        request.units = units
         self._enqueue(request)
         return BatchStream(request, self._wake)
 
-    def open_stream(self, voice=None, config=None, **params) -> TextStream:
+    def open_stream(
+        self, voice=None, config=None, *, timestamps: bool = False, **params
+    ) -> TextStream:
         """A stream whose text is written while it is spoken (`write`, then `end`)."""
+        if timestamps is not False:
+            raise TimestampsUnavailableError(
+                "timestamps: text streams (open_stream) have no word timestamps yet; "
+                "use stream() with the whole text",
+                param="timestamps",
+            )
         config = self.core.config(config, **params)
         start = self.core.resolve_voice(voice)
         source = FeedSource(self.core.feed())
@@ -138,7 +163,8 @@ class BatchScheduler:
             self._check_open()
             self._parked.add(request)
             self.counts["submitted"] += 1
-        return TextStream(request, self._wake, _Feed(self, request, source))
+        writer = FeedWriter(source, self._check_chunk, lambda: self._offer(request))
+        return TextStream(request, self._wake, writer)
 
     @property
     def alive(self) -> bool:
@@ -149,7 +175,7 @@ class BatchScheduler:
         with self._lock:
             buffers = self._lm.buffers
             return {
-                "active": len(self._active) + (self._admitting is not None),
+                "active": len(self._active) + len(self._admitting),
                 "waiting": sum(not r.cancelled.is_set() for r in self._waiting),
                 "parked": len(self._parked),
                 "max_streams": self.max_streams,
@@ -263,18 +289,31 @@ class BatchScheduler:
             for i in reversed(range(len(self._active))):
                 if self._active[i].cancelled.is_set():
                     self._remove(i, None)
+        self._start_waiting()
+        return True
+
+    def _start_waiting(self) -> None:
+        """Start as many waiting requests as there are free rows (and K/V budget), their
+        text prompts in one batched call."""
+        ready = []
         while True:
             with self._lock:
-                if len(self._active) >= self.max_streams or not self._waiting:
+                if len(self._active) + len(ready) >= self.max_streams or not self._waiting:
                     break
-                request = self._admitting = self._waiting.popleft()
-            started = self._start_chunk(request)
+                request = self._waiting.popleft()
+                self._admitting.append(request)
+            admitted = self._prepare(request, ready)
             with self._lock:
-                self._admitting = None
-                if not started:
+                if not admitted:
+                    self._admitting.remove(request)
                     self._waiting.appendleft(request)  # no room yet: it goes first
                     break
-        return True
+                if not ready or ready[-1].request is not request:
+                    self._admitting.remove(request)  # ended (or parked) without a row
+        if ready:
+            self._prompt(ready)
+        with self._lock:
+            self._admitting.clear()
 
     def _sweep_parked(self) -> None:  # holds the lock
         """End cancelled requests that hold no row (parked, or still waiting)."""
@@ -286,12 +325,13 @@ class BatchScheduler:
                 self._decoder.finish(request, None)
             self._waiting = collections.deque(r for r in self._waiting if not r.cancelled.is_set())
 
-    def _start_chunk(self, request: Request) -> bool:
-        """Prompt `request`'s next chunk in a new row; False when the K/V budget has no room
-        for it yet (it stays first in the queue)."""
+    def _prepare(self, request: Request, ready: list) -> bool:
+        """Take `request`'s next chunk and load its voice into the next free row (appending
+        to `ready`); False when the K/V budget has no room for it yet."""
         if request.cancelled.is_set():
             self._decoder.finish(request, None)
             return True
+        row = len(self._active) + len(ready)
         try:
             chunk, request.next_chunk = request.next_chunk or self._take(request), None
             if chunk is WAIT:
@@ -307,36 +347,69 @@ class BatchScheduler:
                 + len(chunk.token_ids)
                 + chunk_max_frames(chunk, request.config, self.core.manifest)
             )
-            if not self._fits(need, request):
+            if not self._fits(need, [r.need for r in self._active] + [p.need for p in ready]):
                 request.next_chunk = chunk
                 return False
-            row = len(self._active)
             buffers = self._lm.buffers
             rows = min(self.max_streams, max(row + 1, 2 * buffers.rows))
-            self._lm.limit = max([need] + [r.need for r in self._active])
-            if row == 0:
+            self._lm.limit = max([need] + [r.need for r in self._active] + [p.need for p in ready])
+            if row == 0:  # alone: the same buffers every time (bit-identical audio)
                 buffers.reset(rows, need)
-            else:  # room for the widest active row's worst case, allocated once
+            else:  # room for the widest row's worst case, allocated once
                 buffers.reserve(self._lm.limit, rows=rows, limit=self._lm.limit)
             self._lm.load(row, request.start)
-            self._lm.prompt(row, self.core.embed(chunk), stop=request.cancelled.is_set)
-        except PocketTTSOnnxError as e:
-            self.counts["failed"] += 1
-            self._decoder.finish(request, e)
+            ready.append(_Ready(request, chunk, self.core.embed(chunk), filled, need))
             return True
-        except Exception as e:  # e.g. out of memory in the prompt: this request only
-            logger.exception("prompting a text chunk failed")
-            self.counts["failed"] += 1
-            self._decoder.finish(request, GenerationError(f"prompting the text failed: {e}"))
+        except Exception as e:
+            self._fail_start(request, e)
             return True
+
+    def _fail_start(self, request: Request, error: BaseException) -> None:
+        if not isinstance(error, PocketTTSOnnxError):  # e.g. out of memory: this request only
+            logger.error("starting a text chunk failed: %r", error)
+            error = GenerationError(f"prompting the text failed: {error}")
+        self.counts["failed"] += 1
+        self._decoder.finish(request, error)
+
+    def _prompt(self, ready: list) -> None:
+        """Prompt every ready row's text in one batched call (each row exactly as alone: the
+        attention is causal and the padding after a shorter prompt is never kept); if that
+        fails, one row at a time, so only rows that fail alone end."""
+        first = len(self._active)
+        try:
+            self._lm.prompt_rows(first, [p.embeddings for p in ready])
+            failed: dict[int, BaseException] = {}
+        except Exception:
+            failed = {}
+            for i, p in enumerate(ready):
+                try:
+                    self._lm.load(first + i, p.request.start)
+                    self._lm.prompt(first + i, p.embeddings)
+                except Exception as e:
+                    failed[i] = e
         core = self.core
-        request.need = need
-        request.text_index += 1
-        request.chunk = ChunkStream(chunk, request.config, core.manifest, core.sampler, request.rng)
-        request.sequence = np.full((1, 1, core.manifest.latent_dim), np.nan, dtype=np.float32)
-        self._active.append(request)
-        self._decoder.join(request)
-        return True
+        for i, p in enumerate(ready):
+            request, row = p.request, len(self._active)
+            if i in failed or request.cancelled.is_set():
+                if row != first + i:
+                    self._lm.buffers.move(first + i, row)
+                if i in failed:
+                    self._fail_start(request, failed[i])
+                else:
+                    self._decoder.finish(request, None)
+                continue
+            if row != first + i:  # an earlier one failed: keep the rows packed
+                self._lm.buffers.move(first + i, row)
+            if request.units is not None:
+                request.timing = core.text_timing(request.units.popleft(), p.filled, p.chunk)
+            request.need = p.need
+            request.text_index += 1
+            request.chunk = ChunkStream(
+                p.chunk, request.config, core.manifest, core.sampler, request.rng
+            )
+            request.sequence = np.full((1, 1, core.manifest.latent_dim), np.nan, np.float32)
+            self._active.append(request)
+            self._decoder.join(request)
 
     def _take(self, request: Request):
         """The request's next chunk; a text stream with none yet is parked (under the lock,
@@ -350,7 +423,7 @@ class BatchScheduler:
                 self._parked.add(request)
             return chunk
 
-    def _fits(self, need: int, request: Request) -> bool:
+    def _fits(self, need: int, others: list[int]) -> bool:
         budget = self.max_kv_positions
         if budget is None:
             return True
@@ -360,8 +433,8 @@ class BatchScheduler:
                 f"server's whole budget ({budget}); ask for fewer max_frames",
                 param="max_frames",
             )
-        widest = max([need] + [r.need for r in self._active])
-        return (len(self._active) + 1) * widest <= budget
+        widest = max([need, *others])
+        return (len(others) + 1) * widest <= budget
 
     def _remove(self, row: int, error: BaseException | None) -> None:
         """Take `row` out of the batch (the last row moves into its place); the request
@@ -385,25 +458,36 @@ class BatchScheduler:
         if self._lm.limit is not None:  # long streams left: give their memory back
             self._lm.buffers.fit(len(self._active), self._lm.limit)
 
+    def _word_scores(self, row: int) -> np.ndarray | None:
+        """Row `row`'s attention over its text units at the step just made (None when the
+        step fell back to row-by-row calls)."""
+        queries = self._lm.queries
+        if queries is None:
+            return None
+        timing = self._active[row].timing
+        arrays = self._lm.buffers.arrays
+        keys = {layer: arrays[f"cache_k_{layer}"][row] for layer, _ in timing.heads}
+        return timing.scores(queries[row], keys)
+
     def _iterate(self) -> None:
         """One flow-LM step for the rows that need it, flow-head steps, decode, leave."""
         active = self._active
-        n = len(active)
         errors: dict[int, BaseException] = {}
         needs_lm = np.array([r.chunk.x is None for r in active])
         if needs_lm.any():
-            started = time.perf_counter()
             sequence = np.concatenate([r.sequence for r in active])
-            cond, eos = self._lm_step(sequence, None if needs_lm.all() else needs_lm, errors)
-            self._lm_seconds = 0.8 * self._lm_seconds + 0.2 * (time.perf_counter() - started)
+            keep = None if needs_lm.all() else needs_lm
+            cond, eos = self._steps.lm_step(sequence, keep, errors)
             for i in np.flatnonzero(needs_lm):
                 if i in errors or not active[i].chunk.observe(float(eos[i, 0])):
                     continue
+                if active[i].timing is not None:
+                    active[i].scores = self._word_scores(i)
                 try:
                     active[i].chunk.begin(cond[i : i + 1])
                 except PocketTTSOnnxError as e:
                     errors[i] = e
-        self._solve(errors)
+        self._steps.solve([r.chunk for r in active], errors)
         emitted, latents = [], []
         for i, request in enumerate(active):
             chunk = request.chunk
@@ -418,98 +502,10 @@ class BatchScheduler:
             emitted.append(i)
             latents.append(latent)
         if emitted:
-            self._decoder.decode(np.stack(latents), emitted)
-        for i in reversed(range(n)):
+            scores = [active[i].scores for i in emitted]
+            self._decoder.decode(np.stack(latents), emitted, scores)
+        for i in reversed(range(len(active))):
             chunk = active[i].chunk
             done = chunk.x is None and (chunk.finished or not chunk.active)
             if i in errors or done or active[i].cancelled.is_set():
                 self._remove(i, errors.get(i))
-
-    def _lm_step(self, sequence, keep, errors):
-        """The batched step; if it fails, each row alone, so only failing rows end."""
-        try:
-            return self._lm.step(sequence, keep)
-        except Exception as batch_error:
-            n = sequence.shape[0]
-            cond = np.zeros((n, self.core.sampler.graph.spec.inputs[0].shape[1]), np.float32)
-            eos = np.zeros((n, 1), np.float32)
-            no_text = np.zeros((1, 0, self._lm.d_model), np.float32)
-            for i in range(n):
-                if keep is not None and not keep[i]:
-                    continue
-                try:
-                    out = self._lm.run(slice(i, i + 1), sequence[i : i + 1], no_text)
-                    cond[i], eos[i] = out["conditioning"][0], out["eos_logit"][0]
-                except Exception as e:
-                    errors[i] = GenerationError(f"the flow LM failed for this stream: {e}")
-            if len(errors) == n:
-                logger.error("flow-LM step failed for every row: %s", batch_error)
-            return cond, eos
-
-    def _solve(self, errors: dict) -> None:
-        """Flow-head steps: every solving row advances until the rows with the fewest steps
-        left are done, then the others go on only while the time stays under SOLVE_SHARE
-        of a flow-LM step (a row asking for many steps finishes its frame over several
-        iterations instead of holding everyone)."""
-        active = self._active
-        rows = [i for i, r in enumerate(active) if i not in errors and r.chunk.solving]
-        if not rows:
-            return
-        started = time.perf_counter()
-        least = min(c.total_solver_steps - c.solved_steps for c in (active[i].chunk for i in rows))
-        done_iterations = 0
-        while rows:
-            chunks = [active[i].chunk for i in rows]
-            cond = np.concatenate([c.conditioning for c in chunks])
-            x = np.concatenate([c.x for c in chunks])
-            done = np.array([c.solved_steps for c in chunks], dtype=np.int64)
-            total = np.array([c.total_solver_steps for c in chunks], dtype=np.int64)
-            new_x = self._advance(cond, x, done, total, rows, errors)
-            for j, (i, c) in enumerate(zip(rows, chunks, strict=True)):
-                if i not in errors:
-                    c.x, c.solved_steps = new_x[j : j + 1], c.solved_steps + 1
-            rows = [i for i in rows if i not in errors and active[i].chunk.solving]
-            done_iterations += 1
-            spent = time.perf_counter() - started
-            if done_iterations >= least and spent > SOLVE_SHARE * self._lm_seconds:
-                break
-
-    def _advance(self, cond, x, done, total, rows, errors):
-        try:
-            return self.core.sampler.advance(cond, x, done, total)
-        except Exception:
-            new_x = x.copy()
-            for j, i in enumerate(rows):
-                try:
-                    part = self.core.sampler.advance(
-                        cond[j : j + 1], x[j : j + 1], done[j : j + 1], total[j : j + 1]
-                    )
-                    new_x[j] = part[0]
-                except Exception as e:
-                    errors[i] = GenerationError(f"the flow head failed for this stream: {e}")
-            return new_x
-
-
-class _Feed:
-    """A text stream's writer side: chunks are made in the writer's thread."""
-
-    def __init__(self, scheduler: BatchScheduler, request: Request, source: FeedSource):
-        self._scheduler, self._request, self._source = scheduler, request, source
-
-    def write(self, text: str) -> None:
-        chunks = self._source.feed.write(text)
-        for chunk in chunks:
-            self._scheduler._check_chunk(chunk)
-        if chunks:
-            self._source.add(chunks)
-            self._scheduler._offer(self._request)
-
-    def end(self) -> None:
-        try:
-            chunks = self._source.feed.end()
-        except InvalidInputError as e:
-            self._source.add([], e)
-            self._scheduler._offer(self._request)
-            raise
-        self._source.add(chunks)
-        self._scheduler._offer(self._request)

@@ -10,6 +10,7 @@ stored as Python numbers; bool is never a number here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field, fields
@@ -226,3 +227,36 @@ def parse_param(param: Param, text: str):
         raise InvalidInputError(
             f"{param.name} must be {what}, got {text!r}", param=param.name
         ) from None
+
+
+def _static_default(name: str):
+    default = GenerationConfig.__dataclass_fields__[name].default
+    return None if isinstance(default, type(dataclasses.MISSING)) else default
+
+
+def parameters_js() -> str:
+    """`PARAMETERS` as the web runtime's module (web/src/parameters.js): the browser engine
+    validates with the same limits (tests/test_config.py checks the file is current)."""
+    import json
+
+    rows = [
+        {
+            "name": p.name,
+            "js": p.name.split("_")[0] + "".join(w.title() for w in p.name.split("_")[1:]),
+            "kind": p.kind.__name__,
+            "minimum": p.minimum,
+            "maximum": p.maximum,
+            "aboveMinimum": p.above_minimum,
+            "optional": p.optional,
+            "manifestDefault": p.manifest_default,
+            "default": _static_default(p.name),
+            "help": p.help,
+        }
+        for p in PARAMETERS
+    ]
+    body = json.dumps(rows, indent=2)
+    return (
+        "// Generated from src/pocket_tts_onnx/runtime/config.py (GenerationConfig) by\n"
+        "// scripts/write_web_parameters.py; tests/test_config.py fails when it is stale.\n"
+        f"export const PARAMETERS = {body};\n"
+    )

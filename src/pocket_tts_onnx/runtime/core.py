@@ -7,19 +7,22 @@ two modules do not import each other.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
-from pocket_tts_onnx.errors import InvalidInputError
+from pocket_tts_onnx.errors import GenerationError, InvalidInputError, TimestampsUnavailableError
 from pocket_tts_onnx.manifest import Manifest
 from pocket_tts_onnx.runtime.config import GenerationConfig
 from pocket_tts_onnx.runtime.decoder import MimiRows, fade_in_samples
 from pocket_tts_onnx.runtime.flow_lm import FlowLM
 from pocket_tts_onnx.runtime.graph import StatefulGraph
 from pocket_tts_onnx.runtime.sampling import FlowSampler
+from pocket_tts_onnx.runtime.timestamps import TextTiming
 from pocket_tts_onnx.text import TextChunk, iter_chunk_tokens
 from pocket_tts_onnx.text_feed import SentenceFeed
+from pocket_tts_onnx.word_units import ChunkUnits, map_chunks
 
 __all__ = ["CORE_GRAPHS", "GenerationCore"]
 
@@ -66,6 +69,30 @@ class GenerationCore:
         if not isinstance(text, str):
             raise InvalidInputError(f"text must be a string, got {type(text).__name__}", "text")
         return iter_chunk_tokens(text, self.tokenizer, self.manifest.text)
+
+    def word_units(self, text: str, chunks: Iterator[TextChunk], timestamps) -> tuple:
+        """(chunks, each chunk's word units) for a stream with word timestamps: the text is
+        chunked whole (words are paired across all chunks, as the fork does)."""
+        if timestamps is not True:
+            raise InvalidInputError(
+                f"timestamps must be True or False, got {timestamps!r}", param="timestamps"
+            )
+        if not self.manifest.timestamp_heads:
+            raise TimestampsUnavailableError(
+                "timestamps: this bundle has no word-timestamp heads; re-export it with "
+                "`pocket-tts-onnx export --timestamp-heads L3H8,L2H0` (heads of your model)",
+                param="timestamps",
+            )
+        chunks = list(chunks)
+        units = map_chunks(text, [c.text for c in chunks], self.tokenizer)
+        return iter(chunks), collections.deque(units)
+
+    def text_timing(self, units: ChunkUnits, start: int, chunk: TextChunk) -> TextTiming:
+        """Where `chunk`'s text sits in its K/V row (after `start` voice positions)."""
+        n = len(chunk.token_ids)
+        if units.token_to_unit.shape[0] != n:
+            raise GenerationError("word timestamps: the token offsets disagree with the ids")
+        return TextTiming(units, self.manifest.timestamp_heads, start, start + n)
 
     def feed(self) -> SentenceFeed:
         return SentenceFeed(self.tokenizer, self.manifest.text)

@@ -71,21 +71,43 @@ class MimiRows:
         if not self.faded:  # idle: start again from the initial states (same audio each time)
             self.states = self.graph.spec.initial_states(batch=0)
 
-    def decode(self, latents: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Latents [n, F, L] for `rows` (None: every row, in order) -> audio [n, F * frame]."""
-        if rows is None or (len(rows) == self.rows and np.array_equal(rows, np.arange(self.rows))):
+    def decode(self, latents: np.ndarray, rows: np.ndarray | None = None, pool=None) -> np.ndarray:
+        """Latents [n, F, L] for `rows` (None: every row, in order) -> audio [n, F * frame].
+        With `pool` (an executor), two or more rows are decoded as two shards at once, one
+        on the pool's thread: Mimi is the costlier stage, and the second core would
+        otherwise wait for it."""
+        every = rows is None or (
+            len(rows) == self.rows and np.array_equal(rows, np.arange(self.rows))
+        )
+        rows = np.arange(self.rows) if rows is None else np.asarray(rows)
+        if pool is not None and len(rows) >= 2:
+            half = len(rows) // 2
+            future = pool.submit(self._run, latents[half:], rows[half:])
+            first, first_states = self._run(latents[:half], rows[:half])
+            second, second_states = future.result()
+            audio = np.concatenate([first, second])
+            self._store(rows[:half], first_states)
+            self._store(rows[half:], second_states)
+        elif every:
             out, self.states = self.graph.step({"latent": latents}, self.states)
-            rows = range(self.rows)
+            audio = out["audio_frame"][:, 0]
         else:
-            part = {name: arr[rows] for name, arr in self.states.items()}
-            out, part = self.graph.step({"latent": latents}, part)
-            for name, arr in part.items():
-                self.states[name] = _pad_front(self.states[name], arr.shape)
-                self.states[name][rows] = _pad_front(arr, self.states[name].shape)
-        audio = out["audio_frame"][:, 0]
+            audio, states = self._run(latents, rows)
+            self._store(rows, states)
         for i, row in enumerate(rows):
-            self._fade(row, audio[i])
+            self._fade(int(row), audio[i])
         return audio
+
+    def _run(self, latents: np.ndarray, rows: np.ndarray):
+        """Decode `rows` from copies of their states: (audio, their new states)."""
+        part = {name: arr[rows] for name, arr in self.states.items()}
+        out, part = self.graph.step({"latent": latents}, part)
+        return out["audio_frame"][:, 0], part
+
+    def _store(self, rows: np.ndarray, states: dict[str, np.ndarray]) -> None:
+        for name, arr in states.items():
+            self.states[name] = _pad_front(self.states[name], arr.shape)
+            self.states[name][rows] = _pad_front(arr, self.states[name].shape)
 
     def _fade(self, row: int, audio: np.ndarray) -> None:
         done = self.faded[row]

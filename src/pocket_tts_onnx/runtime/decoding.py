@@ -10,8 +10,10 @@ retried row by row and only the rows that still fail end, with the error.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +22,11 @@ from pocket_tts_onnx.errors import GenerationError, QueueFullError
 from pocket_tts_onnx.runtime.decoder import MimiRows
 from pocket_tts_onnx.runtime.requests import Request
 from pocket_tts_onnx.runtime.streams import END, AudioChunk
+from pocket_tts_onnx.runtime.timestamps import WordAligner, is_voiced
 
-__all__ = ["DecoderThread"]
+__all__ = ["MAX_AHEAD", "DecoderThread"]
+
+MAX_AHEAD = 2
 
 
 def _too_slow(chunks: int) -> str:
@@ -38,26 +43,42 @@ class _Row:
     held: list = field(default_factory=list)  # frames of the first audio chunk
     flushed: bool = False  # the first chunk has been sent
     failed: bool = False
+    aligner: WordAligner | None = None  # word timestamps of this text chunk
+    words: list = field(default_factory=list)  # word events not sent yet
 
 
 class DecoderThread:
     """Applies `join` / `decode` / `remove` / `finish` events in order on its own thread."""
 
-    def __init__(self, rows: MimiRows, sample_rate: int, max_backlog: int):
+    def __init__(self, rows: MimiRows, sample_rate: int, max_backlog: int, shards: bool = True):
         self._rows = rows
         self._sample_rate = sample_rate
         self._max_backlog = max_backlog
         self._table: list[_Row] = []
         self._events: queue.Queue = queue.Queue()
+        # Decode steps the scheduler may run ahead of Mimi: enough to overlap the two, few
+        # enough that a new stream's first frame does not queue behind many others.
+        self._ahead = threading.Semaphore(MAX_AHEAD)
+        multicore = (os.cpu_count() or 1) >= 2
+        self._pool = (
+            ThreadPoolExecutor(1, "pocket-tts-mimi-shard") if shards and multicore else None
+        )
         self._thread = threading.Thread(target=self._run, name="pocket-tts-mimi", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------ called by the scheduler thread
     def join(self, request: Request) -> None:
-        self._events.put(("join", (request, request.text_index)))
+        timing = request.timing
+        aligner = WordAligner(timing.units) if timing is not None else None
+        self._events.put(("join", (request, request.text_index, aligner)))
 
-    def decode(self, latents: np.ndarray, rows: list[int]) -> None:
-        self._events.put(("decode", (latents, rows)))
+    def decode(self, latents: np.ndarray, rows: list[int], scores: list | None = None) -> None:
+        """Queue one step's latents (one per row; `scores`: each row's word-unit scores, or
+        None); waits while MAX_AHEAD steps are already queued."""
+        while not self._ahead.acquire(timeout=1.0):
+            if not self.alive:
+                return
+        self._events.put(("decode", (latents, rows, scores or [None] * len(rows))))
 
     def remove(self, row: int, marker: bool) -> None:
         """`row` leaves; `marker`: its text chunk is over (flush it, then end_of_text)."""
@@ -72,6 +93,8 @@ class DecoderThread:
             self._events.put(("stop", None))
             if threading.current_thread() is not self._thread:
                 self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     @property
     def alive(self) -> bool:
@@ -91,13 +114,16 @@ class DecoderThread:
                 return
             handlers[kind](*value)
 
-    def _join(self, request: Request, text_index: int) -> None:
+    def _join(self, request: Request, text_index: int, aligner) -> None:
         self._rows.join()
-        self._table.append(_Row(request, text_index))
+        self._table.append(_Row(request, text_index, aligner=aligner))
 
     def _remove(self, row: int, marker: bool) -> None:
         entry = self._table[row]
         if marker and not entry.failed:
+            if entry.aligner is not None:
+                request = entry.request
+                entry.words += entry.aligner.finish(request.samples / self._sample_rate)
             self._flush(entry)
             self._send(entry, np.zeros(0, np.float32), end_of_text=True)
         self._rows.remove(row)
@@ -107,9 +133,15 @@ class DecoderThread:
     def _finish(self, request: Request, error: BaseException | None) -> None:
         request.out.put(error if error is not None else END)
 
-    def _decode(self, latents: np.ndarray, rows: list[int]) -> None:
+    def _decode(self, latents: np.ndarray, rows: list[int], scores: list) -> None:
         try:
-            audio = self._rows.decode(latents, np.asarray(rows))
+            self._decode_rows(latents, rows, scores)
+        finally:
+            self._ahead.release()
+
+    def _decode_rows(self, latents: np.ndarray, rows: list[int], scores: list) -> None:
+        try:
+            audio = self._rows.decode(latents, np.asarray(rows), self._pool)
         except Exception:  # isolate: retry each row alone, end only the rows that fail
             audio = np.zeros((len(rows), 0), np.float32)
             pieces = []
@@ -121,15 +153,20 @@ class DecoderThread:
                     pieces.append(None)
             for i, row in enumerate(rows):
                 if pieces[i] is not None:
-                    self._emit(self._table[row], pieces[i])
+                    self._emit(self._table[row], pieces[i], scores[i])
             return
         for i, row in enumerate(rows):
-            self._emit(self._table[row], audio[i])
+            self._emit(self._table[row], audio[i], scores[i])
 
-    def _emit(self, entry: _Row, audio: np.ndarray) -> None:
+    def _emit(self, entry: _Row, audio: np.ndarray, scores=None) -> None:
         if entry.failed or entry.request.cancelled.is_set():
             return
         audio = audio.copy()  # a view would pin the whole batch's output
+        request = entry.request
+        if entry.aligner is not None and scores is not None:
+            start = request.samples / self._sample_rate
+            entry.words += entry.aligner.frame(scores, is_voiced(audio), start)
+        request.samples += audio.shape[0]
         if not entry.flushed:
             entry.held.append(audio)
             if len(entry.held) >= entry.request.config.first_chunk_frames:
@@ -151,7 +188,8 @@ class DecoderThread:
             request.cancelled.set()
             self._fail(entry, QueueFullError(_too_slow(self._max_backlog)))
             return
-        request.out.put(AudioChunk(audio, self._sample_rate, entry.text_index, end_of_text))
+        words, entry.words = tuple(entry.words), []
+        request.out.put(AudioChunk(audio, self._sample_rate, entry.text_index, end_of_text, words))
 
     def _fail(self, entry: _Row, error: BaseException) -> None:
         if not isinstance(error, (GenerationError, QueueFullError)):

@@ -309,28 +309,48 @@ class PocketTTSOnnx:
 
     # ------------------------------------------------------------------- generation
     def generate(
-        self, text: str, voice: VoiceArg = None, *, config: GenerationConfig | None = None, **params
-    ) -> np.ndarray:
-        """Synthesize `text`; returns mono float32 audio at `sample_rate`. `params` are
+        self,
+        text: str,
+        voice: VoiceArg = None,
+        *,
+        config: GenerationConfig | None = None,
+        timestamps: bool = False,
+        **params,
+    ):
+        """Synthesize `text`; returns mono float32 audio at `sample_rate` (with
+        `timestamps`: (audio, words), the WordEvents with their ends, in order). `params` are
         GenerationConfig fields (None = the manifest's default), on top of `config`. With a
         seed, the same call gives the same audio to the bit when it runs alone (streams from
         other threads share its model calls, which changes float rounding only)."""
-        stream = self.stream(text, voice, config=config, **params)
+        stream = self.stream(text, voice, config=config, timestamps=timestamps, **params)
+        words = []
         try:
-            pieces = [chunk.samples for chunk in stream]
+            pieces = []
+            for chunk in stream:
+                pieces.append(chunk.samples)
+                words += [w for w in chunk.words if w.end is not None]
         finally:
             stream.cancel()
-        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        return (audio, words) if timestamps else audio
 
     def stream(
-        self, text: str, voice: VoiceArg = None, *, config: GenerationConfig | None = None, **params
+        self,
+        text: str,
+        voice: VoiceArg = None,
+        *,
+        config: GenerationConfig | None = None,
+        timestamps: bool = False,
+        **params,
     ) -> BatchStream:
         """Yield AudioChunks as they are made (the flow LM and Mimi run on two threads).
         `voice`: a Voice, a bundle voice name, None (the bundle's default voice, if any) or
         NO_VOICE. `params` are GenerationConfig fields (temperature, lsd_steps, eos_threshold,
         frames_after_eos, noise_clamp, seed, max_frames, first_chunk_frames). Bad input
-        raises here, in the caller's thread; `close()` (or `cancel()`) stops the stream."""
-        return self._engine_scheduler().submit(text, voice, config, **params)
+        raises here, in the caller's thread; `close()` (or `cancel()`) stops the stream.
+        `timestamps=True`: each AudioChunk's `words` holds the WordEvents (start, then end)
+        decided up to its audio; TimestampsUnavailableError if the bundle has no heads."""
+        return self._engine_scheduler().submit(text, voice, config, timestamps=timestamps, **params)
 
     def open_stream(
         self, voice: VoiceArg = None, *, config: GenerationConfig | None = None, **params

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pocket_tts_onnx.errors import InvalidInputError
 from pocket_tts_onnx.runtime.config import GenerationConfig
 from pocket_tts_onnx.runtime.generation import ChunkStream
 from pocket_tts_onnx.runtime.streams import Channel
 from pocket_tts_onnx.text import TextChunk
 from pocket_tts_onnx.text_feed import SentenceFeed
 
-__all__ = ["WAIT", "FeedSource", "Request", "TextSource"]
+__all__ = ["WAIT", "FeedSource", "FeedWriter", "Request", "TextSource"]
 
 WAIT = object()  # no chunk yet, more text may come
 
@@ -61,6 +62,32 @@ class FeedSource:
             return None if self.feed.ended else WAIT
 
 
+class FeedWriter:
+    """A text stream's writer side: chunks are made in the writer's thread, checked with
+    `check` (the scheduler's chunk limit), then `offer` wakes the parked request."""
+
+    def __init__(self, source: FeedSource, check, offer):
+        self._source, self._check, self._offer = source, check, offer
+
+    def write(self, text: str) -> None:
+        chunks = self._source.feed.write(text)
+        for chunk in chunks:
+            self._check(chunk)
+        if chunks:
+            self._source.add(chunks)
+            self._offer()
+
+    def end(self) -> None:
+        try:
+            chunks = self._source.feed.end()
+        except InvalidInputError as e:  # nothing was said: readers get the error too
+            self._source.add([], e)
+            self._offer()
+            raise
+        self._source.add(chunks)
+        self._offer()
+
+
 @dataclass(eq=False)
 class Request:
     """One stream in the scheduler: its text, voice, parameters and output."""
@@ -77,3 +104,9 @@ class Request:
     text_index: int = -1
     need: int = 0  # K/V positions the current chunk may reach
     parked: bool = False  # waiting for more text, holding no row
+    # Word timestamps: each chunk's units still to speak (None: off), the current chunk's
+    # text positions, its latest step's unit scores, and the audio samples made so far.
+    units: collections.deque | None = None
+    timing: object = None
+    scores: np.ndarray | None = None
+    samples: int = 0

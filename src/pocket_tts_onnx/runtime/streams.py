@@ -30,12 +30,15 @@ END = object()
 class AudioChunk:
     """A piece of streamed audio: mono float32 samples at `sample_rate`. `text_index` is the
     text chunk (sentence) of the stream it speaks; a zero-sample chunk with `end_of_text`
-    follows each text chunk's last audio in text streams (`open_stream`)."""
+    follows each text chunk's last audio in text streams (`open_stream`). With timestamps,
+    `words` holds the word starts and ends decided up to this audio, in order (the last
+    word's end may come in a zero-sample chunk)."""
 
     samples: np.ndarray
     sample_rate: int
     text_index: int = 0
     end_of_text: bool = False
+    words: tuple = ()
 
     @property
     def duration(self) -> float:
@@ -108,7 +111,7 @@ class BatchStream(Iterator[AudioChunk]):
         try:
             while not self._done:
                 chunk = self._take(self._request.out.get())
-                if chunk is not None and (self._markers or not chunk.end_of_text):
+                if chunk is not None and (self._markers or not chunk.end_of_text or chunk.words):
                     return chunk
         except KeyboardInterrupt:  # Ctrl-C while waiting: this stream is over
             self.cancel()
@@ -121,7 +124,7 @@ class BatchStream(Iterator[AudioChunk]):
     async def __anext__(self) -> AudioChunk:
         while not self._done:
             chunk = self._take(await self._request.out.aget())
-            if chunk is not None and (self._markers or not chunk.end_of_text):
+            if chunk is not None and (self._markers or not chunk.end_of_text or chunk.words):
                 return chunk
         raise StopAsyncIteration
 

@@ -72,6 +72,12 @@ class SentencePieceTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self._sp.encode(check_text(text), out_type=int))
 
+    def piece_spans(self, text: str) -> tuple[list[tuple[int, int]], bool]:
+        """Each token's [begin, end) in `text`, in UTF-8 bytes (True: byte offsets)."""
+        encoded = self._sp.encode(check_text(text), return_type="offset_mapping", return_bytes=True)
+        pieces = [p.decode("utf-8", "replace") for p in encoded["pieces"]]
+        return _whole_scalars([tuple(o) for o in encoded["offsets"]], pieces), True
+
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
 
@@ -94,6 +100,11 @@ class HFJsonTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(check_text(text)).ids)
+
+    def piece_spans(self, text: str) -> tuple[list[tuple[int, int]], bool]:
+        """Each token's [begin, end) in `text`, in characters (False: not bytes)."""
+        encoded = self._tok.encode(check_text(text))
+        return _whole_scalars([tuple(o) for o in encoded.offsets], list(encoded.tokens)), False
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode([int(i) for i in ids])
@@ -175,3 +186,40 @@ def _load_hf_json(path: Path, data: bytes) -> HFJsonTokenizer:
             f"tokenizer file {path} is not a valid HuggingFace tokenizer.json: {exc}"
         ) from exc
     return HFJsonTokenizer(tokenizer, path)
+
+
+def _byte_value(piece: str) -> int | None:
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return int(piece[3:5], 16)
+        except ValueError:
+            return None
+    return None
+
+
+def _utf8_length(first: int) -> int:
+    for size, low, high in ((2, 0xC2, 0xDF), (3, 0xE0, 0xEF), (4, 0xF0, 0xF4)):
+        if low <= first <= high:
+            return size
+    return 1
+
+
+def _whole_scalars(spans: list[tuple[int, int]], pieces: list[str]) -> list[tuple[int, int]]:
+    """Byte-fallback pieces (<0xE2> ...) of one character all get that character's span."""
+    spans = list(spans)
+    i = 0
+    while i < len(pieces):
+        first = _byte_value(pieces[i])
+        if first is None:
+            i += 1
+            continue
+        size = _utf8_length(first)
+        values = [_byte_value(p) for p in pieces[i : i + size]]
+        whole = len(values) == size and all(v is not None for v in values)
+        whole = whole and all(0x80 <= v <= 0xBF for v in values[1:])
+        end = i + size if whole else i + 1
+        begin, stop = min(b for b, _ in spans[i:end]), max(e for _, e in spans[i:end])
+        if stop > begin:
+            spans[i:end] = [(begin, stop)] * (end - i)
+        i = end
+    return spans

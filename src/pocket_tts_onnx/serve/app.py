@@ -29,6 +29,7 @@ from pocket_tts_onnx.serve.plumbing import (
 from pocket_tts_onnx.serve.scheduler import make_scheduler
 from pocket_tts_onnx.serve.speech import router as speech_router
 from pocket_tts_onnx.serve.voices import VoiceStore
+from pocket_tts_onnx.serve.websocket import router as websocket_router
 
 logger = logging.getLogger("pocket_tts_onnx.serve")
 
@@ -53,7 +54,8 @@ class ServeState:
         self.started = time.time()
 
     def resolve_voice(self, name: str | None):
-        return self.voices.default() if name is None else self.voices.get(name)
+        """None: the engine's choice (the bundle's default voice, if it has one)."""
+        return None if name is None else self.voices.get(name)
 
     def upload_voice(self, data: bytes):
         return self.voices.from_upload(data)
@@ -87,6 +89,7 @@ def create_app(
         body_timeout_s=config.body_timeout_s,
     )
     app.include_router(speech_router)
+    app.include_router(websocket_router)
 
     @app.get("/health")
     async def health():

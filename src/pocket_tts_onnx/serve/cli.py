@@ -54,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             "for room; 400 if it alone needs more)",
         ),
         ("body_timeout_s", "seconds a request body may take to arrive (408 after)"),
+        ("ws_idle_timeout_s", "seconds a WebSocket stream may wait for its next text"),
     ):
         default = getattr(_DEFAULTS, name)
         lim.add_argument(
@@ -108,10 +109,11 @@ def run(args) -> None:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn
+        import websockets  # noqa: F401  (uvicorn's WebSocket support)
     except ImportError as e:
         raise PocketTTSOnnxError(
             f"`serve` needs the [serve] extra ({e.name} not installed): "
-            "`pip install -e '.[serve]'` (fastapi, uvicorn, python-multipart)"
+            "`pip install -e '.[serve]'` (fastapi, uvicorn, python-multipart, websockets)"
         ) from e
 
     from pocket_tts_onnx.serve.app import REPO_WEB_DIST
@@ -125,6 +127,7 @@ def run(args) -> None:
         voice_cache_size=args.voice_cache_size,
         max_kv_mb=args.max_kv_mb,
         body_timeout_s=args.body_timeout_s,
+        ws_idle_timeout_s=args.ws_idle_timeout_s,
         voices_dir=args.voices_dir,
         web_dist=web,
     )
@@ -155,6 +158,11 @@ def _serve(args, config: ServeConfig, sock: socket.socket, uvicorn) -> None:
     if tts.manifest.random_weights:
         print("NOTE: random-weight bundle - the audio is noise, not speech.", flush=True)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            app,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=5,
+            ws_max_size=config.max_ws_message_bytes,
+        )
     )
     server.run(sockets=[sock])

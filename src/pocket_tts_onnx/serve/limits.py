@@ -30,6 +30,13 @@ class ServeConfig:
     # Seconds a request body may take to arrive in full (408 after): a client that opens a
     # request and trickles its body (slowloris) cannot hold a connection and a worker.
     body_timeout_s: int = 60
+    # A WebSocket stream waiting longer than this for its next text message is closed (1008).
+    ws_idle_timeout_s: int = 20
+
+    @property
+    def max_ws_message_bytes(self) -> int:
+        """Largest WebSocket message: a whole stream's text as escaped JSON, plus room."""
+        return 6 * self.max_text_chars + 65536
 
     def __post_init__(self) -> None:
         for name in (
@@ -40,6 +47,7 @@ class ServeConfig:
             "max_kv_mb",
             "retry_after_s",
             "body_timeout_s",
+            "ws_idle_timeout_s",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -105,11 +105,6 @@ class VoiceStore:
                     "manifest.json (replaced or corrupted); restore or re-export the bundle"
                 )
 
-    def default(self):
-        """What a request without a voice gets: None, i.e. the engine's choice (the bundle's
-        default voice if it has one, else no voice prompt)."""
-        return None
-
     def get(self, name: str):
         """A bundle voice name (the engine loads and caches those itself) or a Voice loaded
         from the voices folder."""

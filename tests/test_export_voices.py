@@ -154,7 +154,7 @@ def standin_pair(tmp_path_factory):
 
 
 def test_standin_tokenizer_json_gives_upstreams_ids(standin_pair):
-    from test_text import _corpus
+    from text_corpus import corpus
 
     model, path = standin_pair
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -164,7 +164,7 @@ def test_standin_tokenizer_json_gives_upstreams_ids(standin_pair):
     sp = upstream_conditioner.SentencePieceTokenizer(700, str(model))
     up_json = upstream_conditioner.JsonTokenizer(700, str(path))
     ours = load_tokenizer(path, "tokenizers", file_sha256(path), 700)
-    for text in _corpus():
+    for text in corpus():
         ids = sp.encode(text)
         assert up_json.encode(text) == ids, text
         assert ours.encode(text) == ids, text

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import BLOCK_TORCH, FAMILIES
+from conftest import BLOCK_TORCH, FAMILIES, MULTI_CHUNK, ONE_CHUNK, upstream_audio
 
 import pocket_tts_onnx
 from pocket_tts_onnx import (
@@ -31,27 +31,7 @@ from pocket_tts_onnx import (
 from pocket_tts_onnx.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
-ONE_CHUNK = "Hello world, this is a small test."
-MULTI_CHUNK = (
-    "The quick brown fox jumps over the lazy dog. It was a bright cold day in April, and the "
-    "clocks were striking thirteen. Please call me at 3.5 past noon; we'll talk then! Did you "
-    "hear that? Numbers like 42 and 1999 are read too. This is the very last sentence here."
-)
 PARITY_REPORT = REPO / "test-output" / "parity.json"
-
-
-def _upstream_audio(model, voice_audio, text, decode_steps=1, eos=None) -> np.ndarray:
-    from pocket_tts.modules.stateful_module import init_states
-
-    model.temp = 0.0
-    model.sampler_decode_steps = decode_steps
-    model.eos_threshold = model.config.default_eos_threshold if eos is None else eos
-    if voice_audio is None:
-        state = init_states(model.flow_lm, batch_size=1, sequence_length=0)
-    else:
-        state = model.get_state_for_audio_prompt(torch.from_numpy(voice_audio)[None])
-    with torch.no_grad():
-        return model.generate_audio(state, text).numpy()
 
 
 def _record(key: str, value) -> None:
@@ -73,7 +53,7 @@ def test_end_to_end_parity_with_upstream(bundles, family, voice_audio):
         ("one_chunk_no_eos", ONE_CHUNK, float("inf")),
     )  # runs to upstream's length estimate
     for name, text, eos in runs:
-        ref = _upstream_audio(model, voice_audio, text, eos=eos)
+        ref = upstream_audio(model, voice_audio, text, eos=eos)
         voice = fp32.voice_from_audio((voice_audio, 24000))
         ours = fp32.generate(text, voice, temperature=0.0, eos_threshold=eos)
         assert ours.shape == ref.shape, (family, name)
@@ -110,10 +90,10 @@ def test_multi_chunk_text_really_has_several_chunks(lsd_bundle):
 def test_parity_without_voice_and_with_more_lsd_steps(lsd_bundle):
     model = lsd_bundle.upstream()
     tts = PocketTTSOnnx.load(lsd_bundle.bundle, precision="fp32")
-    ref = _upstream_audio(model, None, ONE_CHUNK)
+    ref = upstream_audio(model, None, ONE_CHUNK)
     ours = tts.generate(ONE_CHUNK, NO_VOICE, temperature=0.0)
     assert ours.shape == ref.shape and np.max(np.abs(ours - ref)) <= 1e-3
-    ref = _upstream_audio(model, None, ONE_CHUNK, decode_steps=4)
+    ref = upstream_audio(model, None, ONE_CHUNK, decode_steps=4)
     ours = tts.generate(ONE_CHUNK, NO_VOICE, temperature=0.0, lsd_steps=4)
     assert ours.shape == ref.shape and np.max(np.abs(ours - ref)) <= 1e-3
 
@@ -126,7 +106,7 @@ def test_upstream_voice_file_loads(lsd_bundle, voice_audio, tmp_path):
     path = tmp_path / "voice.safetensors"
     export_model_state(state, path)
     tts = PocketTTSOnnx.load(lsd_bundle.bundle, precision="fp32")
-    ref = _upstream_audio(model, voice_audio, ONE_CHUNK)
+    ref = upstream_audio(model, voice_audio, ONE_CHUNK)
     ours = tts.generate(ONE_CHUNK, tts.load_voice(path), temperature=0.0)
     assert ours.shape == ref.shape and np.max(np.abs(ours - ref)) <= 1e-3
 
@@ -264,11 +244,14 @@ def test_public_api_is_pinned():
             # additions: one generation core (typed per-stream failure, text streams)
             "GenerationError",
             "TextStream",
+            # additions: word timestamps
+            "TimestampsUnavailableError",
             "PocketTTSOnnxError",
             "UnsupportedVersionError",
             "VerificationError",
             "Voice",
             "VoiceError",
+            "WordEvent",
             "__version__",
         ]
     )

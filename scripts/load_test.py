@@ -8,11 +8,11 @@
 
 Starts the server as a subprocess on 127.0.0.1 (a free port), or drives one already running
 (`--url`, e.g. replicas behind a load balancer: scripts/scale_out.py; no RSS then), streams
-a paragraph to every client with EOS off and a fixed length (`max_frames`), and reports per
-level: aggregate x realtime (audio seconds received / wall time), p50/p99 time to first audio
-byte, errors, and the server's RSS before/after. Prints a markdown table and writes JSON.
-Every loop is bounded; the server is stopped at the end whatever happens. Random weights: the
-audio is noise, only the speed is meaningful.
+a paragraph to every client with EOS off and a fixed length (`max_frames` per text chunk),
+and reports per level: aggregate x realtime (audio seconds received / wall time), p50/p99
+time to first audio byte, errors, and the server's RSS before/after. Prints a markdown table
+and writes JSON. Every loop is bounded; the server is stopped at the end whatever happens.
+Random weights: the audio is noise, only the speed is meaningful.
 """
 
 from __future__ import annotations

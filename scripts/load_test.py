@@ -4,24 +4,28 @@
     python scripts/load_test.py --bundle DIR --levels 1,2,4,8,16 --frames 125
     python scripts/load_test.py --demo --levels 1,2,4 --frames 40     # a quick end-to-end check
     python scripts/load_test.py --bundle DIR --soak-minutes 10 --soak-clients 8
+    python scripts/load_test.py --url http://127.0.0.1:8080 --levels 1,4   # a running server
 
-Starts the server as a subprocess on 127.0.0.1 (a free port), streams a paragraph to every
-client with EOS off and a fixed length (`max_frames`), and reports per level: aggregate
-x realtime (audio seconds received / wall time), p50/p99 time to first audio byte, errors,
-and the server's RSS before/after. Prints a markdown table and writes JSON. Every loop is
-bounded; the server is stopped at the end whatever happens. Random weights: the audio is
-noise, only the speed is meaningful.
+Starts the server as a subprocess on 127.0.0.1 (a free port), or drives one already running
+(`--url`, e.g. replicas behind a load balancer: scripts/scale_out.py; no RSS then), streams
+a paragraph to every client with EOS off and a fixed length (`max_frames` per text chunk),
+and reports per level: aggregate x realtime (audio seconds received / wall time), p50/p99
+time to first audio byte, errors, and the server's RSS before/after. Prints a markdown table
+and writes JSON. Every loop is bounded; the server is stopped at the end whatever happens.
+Random weights: the audio is noise, only the speed is meaningful.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +40,9 @@ PARAGRAPH = (
 )
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int | None) -> float:
+    if pid is None:  # a server this script did not start (--url)
+        return float("nan")
     try:
         import psutil
 
@@ -103,7 +109,10 @@ def start_server(args, bundle: Path, port: int, log) -> subprocess.Popen:
     raise TimeoutError("server did not answer /health within 600 s")
 
 
-def one_stream(port: int, frames: int, seed: int, sample_rate: int, timeout: float) -> dict:
+def one_stream(
+    port: int, frames: int, seed: int, sample_rate: int, timeout: float, host: str = "127.0.0.1"
+) -> dict:
+    """One streamed request; `replica` is the X-Replica header a load balancer may add."""
     payload = {
         "input": PARAGRAPH,
         "response_format": "pcm",
@@ -112,23 +121,25 @@ def one_stream(port: int, frames: int, seed: int, sample_rate: int, timeout: flo
         "seed": seed,
     }
     start = time.perf_counter()
+    replica = None
     try:
-        conn, resp = client.open_stream(port, payload, timeout=timeout)
+        conn, resp = client.open_stream(port, payload, timeout=timeout, host=host)
         try:
+            replica = resp.getheader("X-Replica")
             if resp.status != 200:
-                return {"error": f"HTTP {resp.status}: {resp.read()[:200]!r}"}
+                return {"error": f"HTTP {resp.status}: {resp.read()[:200]!r}", "replica": replica}
             first = resp.read(1)
             ttfb = time.perf_counter() - start
             rest = resp.read()
         finally:
             conn.close()
-    except OSError as e:
-        return {"error": f"{type(e).__name__}: {e}"}
+    except (OSError, http.client.HTTPException) as e:  # a cut stream: IncompleteRead
+        return {"error": f"{type(e).__name__}: {e}", "replica": replica}
     elapsed = time.perf_counter() - start
     n_bytes = len(first) + len(rest)
     audio_s = n_bytes / 2 / sample_rate
     expected = frames * sample_rate / 12.5
-    out = {"ttfb_s": ttfb, "elapsed_s": elapsed, "audio_s": audio_s}
+    out = {"ttfb_s": ttfb, "elapsed_s": elapsed, "audio_s": audio_s, "replica": replica}
     if n_bytes // 2 < expected * 0.99:
         out["error"] = f"short audio: {n_bytes // 2} samples, expected {expected:.0f}"
     return out
@@ -141,11 +152,13 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
-def run_level(port: int, pid: int, n: int, args, sample_rate: int) -> dict:
+def run_level(
+    port: int, pid: int | None, n: int, args, sample_rate: int, host: str = "127.0.0.1"
+) -> dict:
     results: list[dict] = [{} for _ in range(n)]
 
     def work(i: int) -> None:
-        results[i] = one_stream(port, args.frames, i, sample_rate, args.timeout)
+        results[i] = one_stream(port, args.frames, i, sample_rate, args.timeout, host)
 
     rss_before = rss_mb(pid)
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
@@ -174,7 +187,7 @@ def run_level(port: int, pid: int, n: int, args, sample_rate: int) -> dict:
     }
 
 
-def soak(port: int, pid: int, args, sample_rate: int) -> dict:
+def soak(port: int, pid: int | None, args, sample_rate: int, host: str = "127.0.0.1") -> dict:
     """`soak_clients` clients stream back to back until the deadline; RSS sampled."""
     deadline = time.monotonic() + 60 * args.soak_minutes
     samples = [(0.0, rss_mb(pid))]
@@ -184,7 +197,7 @@ def soak(port: int, pid: int, args, sample_rate: int) -> dict:
     def work(i: int) -> None:
         seed = i
         while time.monotonic() < deadline:
-            r = one_stream(port, args.frames, seed, sample_rate, args.timeout)
+            r = one_stream(port, args.frames, seed, sample_rate, args.timeout, host)
             seed += args.soak_clients
             with lock:
                 counts["streams"] += 1
@@ -216,6 +229,11 @@ def soak(port: int, pid: int, args, sample_rate: int) -> dict:
     }
 
 
+def _rss_cell(r: dict) -> str:
+    before, after = r["rss_before_mb"], r["rss_after_mb"]
+    return "-" if before != before else f"{before:.0f} -> {after:.0f} MB"  # NaN: not ours
+
+
 def table(levels: list[dict], base: float | None) -> str:
     lines = [
         "| clients | aggregate x realtime | vs 1 client | per-stream x rt (median) "
@@ -228,7 +246,7 @@ def table(levels: list[dict], base: float | None) -> str:
             f"| {r['clients']} | {r['aggregate_xrt']:.2f} | {ratio:.2f}x "
             f"| {r['per_stream_xrt_median']:.2f} | {1000 * r['ttfb_p50_s']:.0f} ms "
             f"| {1000 * r['ttfb_p99_s']:.0f} ms | {r['errors']} "
-            f"| {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB |"
+            f"| {_rss_cell(r)} |"
         )
     return "\n".join(lines)
 
@@ -236,6 +254,7 @@ def table(levels: list[dict], base: float | None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, help="an exported bundle (default: export one)")
+    p.add_argument("--url", help="drive this running server, http://HOST:PORT (default: start one)")
     p.add_argument("--language", default="english", help="architecture to export (random init)")
     p.add_argument("--demo", action="store_true", help="export the tiny demo model instead")
     p.add_argument("--export-dir", default="load-test", help="where exported bundles go")
@@ -254,41 +273,46 @@ def main(argv=None) -> int:
     if args.frames < 1 or not levels or min(levels) < 1:
         p.error("--frames and every level must be >= 1")
 
-    bundle = args.bundle or export_bundle(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    port = client.free_port()
     log_path = args.out.with_suffix(".server.log")
-    with open(log_path, "wb") as log:
-        proc = start_server(args, bundle, port, log)
+    if args.url:
+        url = urllib.parse.urlsplit(args.url)
+        if url.scheme != "http" or not url.hostname or not url.port:
+            p.error("--url takes http://HOST:PORT")
+        host, port, proc, bundle = url.hostname, url.port, None, args.url
+    else:
+        bundle = args.bundle or export_bundle(args)
+        host, port = "127.0.0.1", client.free_port()
+        with open(log_path, "wb") as log:
+            proc = start_server(args, bundle, port, log)
+    pid = proc.pid if proc else None
     try:
-        status = client.health(port)
+        status = client.health(port, host)
         rate = status["model"]["sample_rate"]
-        print(
-            f"server pid {proc.pid}, port {port}",
-            flush=True,
-        )
-        one_stream(port, min(args.frames, 12), 0, rate, args.timeout)  # warm-up
+        print(f"server {args.url or f'pid {pid}, port {port}'}", flush=True)
+        one_stream(port, min(args.frames, 12), 0, rate, args.timeout, host)  # warm-up
         results = []
         for n in levels:
-            r = run_level(port, proc.pid, n, args, rate)
+            r = run_level(port, pid, n, args, rate, host)
             results.append(r)
             print(
                 f"{n:>3} clients: {r['aggregate_xrt']:.2f}x realtime, "
                 f"p99 first byte {1000 * r['ttfb_p99_s']:.0f} ms, {r['errors']} errors",
                 flush=True,
             )
-        soak_result = soak(port, proc.pid, args, rate) if args.soak_minutes > 0 else None
+        soak_result = soak(port, pid, args, rate, host) if args.soak_minutes > 0 else None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     base = next((r["aggregate_xrt"] for r in results if r["clients"] == 1), None)
     report = {
         "bundle": str(bundle),
         "random_weights": status["model"]["random_weights"],
-        "precision": args.precision,
+        "precision": None if args.url else args.precision,
         "frames_per_stream": args.frames,
         "cpu_count": os.cpu_count(),
         "levels": results,

@@ -38,6 +38,12 @@ CONFIGS = {
     "int8, one worker": "precision=int8&pipeline=0",
     "int8, one worker, 2 threads": "precision=int8&pipeline=0&threads=2",
     "fp32, one worker": "precision=fp32&pipeline=0",
+    "int8, flow-LM worker 2 threads, no spinning": "precision=int8&threads=2&spin=0",
+    "int8, one worker, 2 threads, no spinning": "precision=int8&pipeline=0&threads=2&spin=0",
+    "int8, decoder 4 latents per call": "precision=int8&dmin=4",
+    "int8, flow-LM 2 threads, no spinning, decoder 4 latents": (
+        "precision=int8&threads=2&spin=0&dmin=4"
+    ),
 }
 
 

@@ -818,6 +818,24 @@ def test_page_webgpu_option_runs_and_matches_python(server, engine, tmp_path):
 
 
 @needs_browser
+def test_page_speed_options_keep_the_samples(server, engine, bundle, tmp_path):
+    """The speed options web_bench.py compares (two threads without spinning, the decoder
+    waiting for more latents per Mimi call; 64 is clamped to the bundle's block size) give
+    the Python engine's samples, in fewer decoder calls."""
+    query = "threads=2&spin=0&dmin=64"
+    plan = {"url": server, "precision": "fp32", "text": TEXT, "out": str(tmp_path / "o.f32")}
+    (tmp_path / "plan.json").write_text(json.dumps({**plan, "query": query}), encoding="utf-8")
+    result = _node("webgpu.mjs", str(tmp_path / "plan.json"), timeout=180)
+    assert "failure" not in result and result["error"] is None, result
+    got = np.fromfile(tmp_path / "o.f32", dtype="<f4")
+    _assert_close(got, engine.generate(TEXT, _no_voice(), temperature=0.0))
+    m = _manifest(bundle)
+    frames = got.size // m["samples_per_latent"]
+    block = m["defaults"].get("max_decode_frames", 4)
+    assert 1 < result["stats"]["chunks"] <= 1 + -(-(frames - 1) // block), result["stats"]
+
+
+@needs_browser
 def test_page_screenshots(page):
     for name in ("demo.png", "demo-error.png", "demo-phone.png"):
         data = (OUTPUT / name).read_bytes()

@@ -8,7 +8,9 @@ same number of frames. Needs the [export] extra (torch + pocket-tts) for upstrea
 
 Two upstream contenders: `upstream` (FP32) and `upstream-int8`, upstream's own quantize mode
 (`TTSModel.load_model(quantize=True)`, `pocket-tts --quantize`) with the backend upstream
-picks on the machine; the report names it. Ratios are given against both.
+picks on the machine; the report names it. Ratios are given against both. A peer:
+`sherpa-onnx` (bench_sherpa.py), its own loop on the bundle's INT8 graphs. `NAME@N` runs a
+contender with N intra-op threads instead of --threads (e.g. `sherpa-onnx@2`).
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from pocket_tts_onnx.bench_report import (
     report,
     versions,
 )
+from pocket_tts_onnx.bench_sherpa import SHERPA, sherpa_unfit, sherpa_worker
 
+CONTENDERS = (*UPSTREAM_CONTENDERS, "fp32", "int8", SHERPA)
+# sherpa-onnx at 1 and 2 threads joins the defaults when it is installed and fits the bundle.
 DEFAULT_CONTENDERS = (*UPSTREAM_CONTENDERS, "fp32", "int8")
-CONTENDERS = DEFAULT_CONTENDERS
+SHERPA_DEFAULTS = (SHERPA, f"{SHERPA}@2")
 TEXT = "This is a benchmark of streaming speech synthesis on a small computer."
 SOAK_TEXT = " ".join(
     f"Paragraph {i} goes on about the weather, the river and the garden in the morning."
@@ -83,8 +88,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--contenders",
-        default=",".join(DEFAULT_CONTENDERS),
-        help=f"comma list of {', '.join(CONTENDERS)} (default: {','.join(DEFAULT_CONTENDERS)})",
+        help=f"comma list of {', '.join(CONTENDERS)}, each optionally NAME@THREADS "
+        f"(default: {','.join(DEFAULT_CONTENDERS + SHERPA_DEFAULTS)}; the sherpa-onnx ones "
+        "only when it is installed and the bundle fits its loop)",
     )
     parser.add_argument(
         "--output",
@@ -338,12 +344,21 @@ def _soak(tts, voice, minutes: float) -> dict:
     }
 
 
+def _sherpa_worker(job: dict) -> dict:
+    result = sherpa_worker(job, _voice_audio(24000), TEXT)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
 def worker_main(job_json: str) -> None:
     global _step_clock
     job = json.loads(job_json)
     if job["threads"] == 1:
         _step_clock = time.thread_time
-    run = _upstream_worker if job["contender"] in UPSTREAM_CONTENDERS else _engine_worker
+    if job["contender"] == SHERPA:
+        run = _sherpa_worker
+    else:
+        run = _upstream_worker if job["contender"] in UPSTREAM_CONTENDERS else _engine_worker
     print("BENCH-RESULT " + json.dumps(run(job)), flush=True)
 
 
@@ -377,12 +392,49 @@ def _ensure_bundle(args, source: dict, progress) -> Path:
     return bundle
 
 
+def _parse_contenders(text: str, threads: int) -> dict[str, tuple[str, int]]:
+    """`NAME[@THREADS],...` -> {label: (contender, threads)}."""
+    from pocket_tts_onnx.errors import InvalidInputError
+
+    out = {}
+    for label in (c.strip() for c in text.split(",")):
+        if not label:
+            continue
+        name, _, n = label.partition("@")
+        if name not in CONTENDERS or (n and not (n.isdigit() and int(n) >= 1)):
+            raise InvalidInputError(
+                f"--contenders takes a comma list of {', '.join(CONTENDERS)}, each optionally "
+                f"NAME@THREADS with THREADS >= 1; got {label!r}"
+            )
+        out[label] = (name, int(n) if n else threads)
+    if not out:
+        raise InvalidInputError("--contenders is empty")
+    return out
+
+
+def _resolve_contenders(args, bundle: Path, progress) -> dict[str, tuple[str, int]]:
+    """The requested contenders; sherpa-onnx ones must fit the bundle. By default sherpa-onnx
+    joins (1 and 2 threads) when it can run the bundle, and is named as left out otherwise."""
+    from pocket_tts_onnx.errors import InvalidInputError
+
+    if args.contenders is not None:
+        chosen = _parse_contenders(args.contenders, args.threads)
+        if any(name == SHERPA for name, _ in chosen.values()) and (why := sherpa_unfit(bundle)):
+            raise InvalidInputError(f"--contenders {SHERPA}: {why}")
+        return chosen
+    names = DEFAULT_CONTENDERS
+    if why := sherpa_unfit(bundle):
+        progress(f"{SHERPA} left out: {why}")
+    else:
+        names += SHERPA_DEFAULTS
+    return _parse_contenders(",".join(names), args.threads)
+
+
 def run_bench(args) -> None:
     from pocket_tts_onnx.errors import InvalidInputError
 
-    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    if not contenders or any(c not in CONTENDERS for c in contenders):
-        raise InvalidInputError(f"--contenders takes a comma list of {', '.join(CONTENDERS)}")
+    if args.contenders is not None:
+        _parse_contenders(args.contenders, args.threads)  # fail before any export
     if args.frames < 1 or args.runs < 1 or args.threads < 1:
         raise InvalidInputError("--frames, --runs and --threads must be >= 1")
     args.output.mkdir(parents=True, exist_ok=True)
@@ -392,19 +444,23 @@ def run_bench(args) -> None:
 
     source = _source_dict(args)
     bundle = _ensure_bundle(args, source, progress)
+    chosen = _resolve_contenders(args, bundle, progress)
+    contenders = list(chosen)
     results: dict[str, list[dict]] = {c: [] for c in contenders}
     load_before = os.getloadavg()[0]  # other work on the machine skews every timing
     for run in range(args.runs):
-        for contender in contenders:  # alternate, so drift hits everyone alike
-            progress(f"run {run + 1}/{args.runs}: {contender}")
+        for label, (name, threads) in chosen.items():  # alternate: drift hits all alike
+            progress(f"run {run + 1}/{args.runs}: {label}")
             job = {
-                "contender": contender,
+                "contender": name,
                 "source": source,
                 "bundle": str(bundle),
                 "frames": args.frames,
-                "threads": args.threads,
+                "threads": threads,
             }
-            results[contender].append(_run_worker(job))
+            result = _run_worker(job)
+            result["threads"] = threads
+            results[label].append(result)
     if args.soak_minutes > 0 and "int8" in contenders:
         progress(f"soak: INT8 engine streaming {args.soak_minutes:g} min of audio")
         job = {
@@ -446,12 +502,21 @@ def run_bench(args) -> None:
         + ("CPU time of the computing thread" if args.threads == 1 else "wall time")
         + "."
         + (f" upstream-int8 backend: {', '.join(sorted(backends))}." if backends else "")
+        + (_SHERPA_NOTE if any(n == SHERPA for n, _ in chosen.values()) else "")
         + "\n\n"
     )
     (args.output / "bench.md").write_text(header + table)
     (args.output / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
     print("\n" + header + table)
     print(f"written to {args.output}/bench.md and bench.json")
+
+
+_SHERPA_NOTE = (
+    f" {SHERPA} (2.0.1, its own C++ loop and ONNX Runtime, the bundle's INT8 graphs; `@N`: N "
+    "threads) generates every latent of the sentence before decoding any: its first audio is "
+    "its first decoded 15-frame chunk (generate callback), and each of its runs includes "
+    "encoding the voice prompt, which it does in every call; it exposes no step timings."
+)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 UPSTREAM_CONTENDERS = ("upstream", "upstream-int8")
+# Contenders the others are compared with, when they ran: upstream, and the peer sherpa-onnx.
+BASES = (*UPSTREAM_CONTENDERS, "sherpa-onnx")
 VOICE_SECONDS = 5.0
 KV_SHORT, KV_LONG = 50, 600
 
@@ -77,6 +79,7 @@ def versions() -> dict:
 
 
 METRICS = [
+    ("threads", "intra-op threads", "{:.0f}"),
     ("x_realtime", "throughput (x realtime)", "{:.2f}"),
     ("cpu_s_per_audio_s", "CPU seconds per audio second, all threads", "{:.3f}"),
     ("first_chunk_ms", "first audio chunk (ms)", "{:.0f}"),
@@ -97,9 +100,10 @@ def report(results: dict[str, list[dict]], meta: dict) -> tuple[str, dict]:
             for k in runs[0]
             if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None
         }
-        med["kv_growth"] = med["lm_step_kv600_ms"] / med["lm_step_ms"]
+        if "lm_step_ms" in med:  # sherpa-onnx's loop has no step timings
+            med["kv_growth"] = med["lm_step_kv600_ms"] / med["lm_step_ms"]
         medians[contender] = med
-    bases = [b for b in UPSTREAM_CONTENDERS if b in medians]
+    bases = [b for b in BASES if b in medians]
     ratios: dict[str, dict[str, float]] = {c: {} for c in medians} if bases else {}
     for base in bases:
         up = medians[base]

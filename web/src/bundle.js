@@ -151,8 +151,11 @@ async function hasWebGpu() {
  * the graph reads its weights from (a variant reads its contract graph's file; `path` is the
  * name the graph gives, relative to its own folder). `device` "webgpu" falls back to wasm when
  * the browser has no WebGPU adapter or the session cannot be created on it. */
-export async function createSession(bytes, file, device = "wasm", externalData = []) {
+// `spinning: false` stops ONNX Runtime's idle threads from spinning between calls: with more
+// than one thread in a worker, spinning steals the core the other worker needs.
+export async function createSession(bytes, file, device = "wasm", externalData = [], spinning = true) {
   const options = { graphOptimizationLevel: "all" };
+  if (!spinning) options.extra = { session: { intra_op: { allow_spinning: "0" } } };
   if (externalData.length) options.externalData = externalData;
   if (device === "webgpu" && (await hasWebGpu())) {
     try {

@@ -16,6 +16,7 @@ let pending = []; // latent/end events not decoded yet
 let running = false;
 const stopped = new Set(); // ids of stopped syntheses
 let job = null; // {id, decoder, block, need, index, firstFrames}
+let minFrames = 1; // latents per Mimi call after the first chunk (the page's dmin)
 
 const breathe = () =>
   new Promise((resolve) => {
@@ -33,7 +34,7 @@ async function flush() {
   if (job.block.length) {
     send(await job.decoder.decode(job.block), job.id, job.index);
     job.block = [];
-    job.need = 1;
+    job.need = Math.min(minFrames, maxDecodeFrames(tts.manifest));
   }
 }
 
@@ -99,9 +100,11 @@ onmessage = async ({ data, ports }) => {
     tts = null;
     try {
       ort.env.wasm.numThreads = data.threads ?? 1;
+      minFrames = Math.max(1, Math.min(data.minFrames ?? 1, 64));
       tts = await PocketTTS.load(data.url, {
         precision: data.precision,
         device: data.device,
+        spinning: data.spinning,
         graphs: ["mimi_decoder"],
       });
       postMessage({ type: "loaded", devices: tts.devices });

@@ -7,7 +7,9 @@
 // (ONNX Runtime threads of the engine worker, default 1), dthreads (of the decoder worker,
 // default 1), pipeline=0 (one worker), device=webgpu,
 // fastkv=0 (the contract graph flow_lm_main even when the bundle has flow_lm_step),
-// kvslack=N (spare rows when the fast-KV buffers grow; 0 doubles them),
+// kvslack=N (spare rows when the fast-KV buffers grow; 0 doubles them), spin=0 (ONNX
+// Runtime's idle threads do not spin), dmin=N (after the first chunk the decoder worker waits
+// for N latents per Mimi call, default 1),
 // frames=N (fixed length: maxFrames and no EOS, for benchmarks).
 
 import { encodeWav, parseWav } from "./audio.js";
@@ -22,6 +24,8 @@ const options = {
   frames: query.has("frames") ? Number(query.get("frames")) : null,
   fastKv: query.get("fastkv") !== "0",
   kvSlack: query.has("kvslack") ? Number(query.get("kvslack")) : undefined,
+  spinning: query.get("spin") !== "0",
+  decoderMinFrames: Number(query.get("dmin") ?? 1),
 };
 // WebGPU needs ONNX Runtime's WebGPU build: separate worker bundles (see build.mjs).
 const gpu = options.device === "webgpu";
@@ -99,11 +103,16 @@ function load() {
     device: options.device,
     fastKv: options.fastKv,
     kvSlack: options.kvSlack,
+    spinning: options.spinning,
   };
   loadsPending = decoderWorker ? 2 : 1;
   decoderDevices = {};
   worker.postMessage(message);
-  decoderWorker?.postMessage({ ...message, threads: options.decoderThreads });
+  decoderWorker?.postMessage({
+    ...message,
+    threads: options.decoderThreads,
+    minFrames: options.decoderMinFrames,
+  });
 }
 
 function readParams() {

@@ -41,12 +41,13 @@ export class PocketTTS {
    * worker loads only mimi_decoder), device ("wasm", or "webgpu" falling back to wasm),
    * fastKv (default true: use the bundle's flow_lm_step graph when it has one for this
    * precision; false keeps the contract graph flow_lm_main), kvSlack (spare K/V rows when the
-   * fast-KV buffers grow, default 32; 0 doubles them).
+   * fast-KV buffers grow, default 32; 0 doubles them), spinning (default true: ONNX Runtime's
+   * idle threads spin; false frees the core for another worker).
    */
   static async load(
     url,
     { precision = "int8", verifyChecksums = true, onProgress = () => {}, graphs = GRAPH_NAMES,
-      device = "wasm", fastKv = true, kvSlack = KV_SLACK } = {},
+      device = "wasm", fastKv = true, kvSlack = KV_SLACK, spinning = true } = {},
   ) {
     if (!["int8", "fp32"].includes(precision)) {
       throw new InvalidInputError(`precision must be int8 or fp32, got ${JSON.stringify(precision)}`);
@@ -94,7 +95,7 @@ export class PocketTTS {
           data: await fetchOnce(data, entry, `weights of ${name}`),
         });
       }
-      sessions[name] = await createSession(bytes, file, device, externalData);
+      sessions[name] = await createSession(bytes, file, device, externalData, spinning);
     }
     let tokenizer = null;
     if (graphs.includes("text_conditioner")) {

@@ -31,7 +31,7 @@ function voiceInfo(name, kind, ms = null) {
 }
 
 const handlers = {
-  async load({ url, precision, threads = 1, device = "wasm", fastKv = true, kvSlack }) {
+  async load({ url, precision, threads = 1, device = "wasm", fastKv = true, kvSlack, spinning }) {
     tts = null;
     voice = null;
     ort.env.wasm.numThreads = threads;
@@ -42,6 +42,7 @@ const handlers = {
       device,
       fastKv,
       kvSlack,
+      spinning,
       graphs,
       onProgress: (message) => postMessage({ type: "progress", message }),
     });

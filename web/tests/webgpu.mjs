@@ -1,20 +1,23 @@
-// The page with ?device=webgpu in headless Chromium on SwiftShader (Chromium's CPU
-// emulation of a GPU: the only WebGPU adapter a GPU-less machine has). Synthesizes one text
-// at temperature 0 without a voice and writes the samples for the caller to compare.
+// The page with page options (default ?device=webgpu, in headless Chromium on SwiftShader:
+// Chromium's CPU emulation of a GPU, the only WebGPU adapter a GPU-less machine has).
+// Synthesizes one text at temperature 0 without a voice and writes the samples for the
+// caller to compare.
 //
-//   node web/tests/webgpu.mjs PLAN.json    PLAN: {url, precision, text, out}
+//   node web/tests/webgpu.mjs PLAN.json    PLAN: {url, precision, text, out, query?}
 // Prints {devices, error, samples, stats}.
 
 import { readFileSync, writeFileSync } from "node:fs";
 import { launchChromium } from "./browser.mjs";
 
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const { context, close } = await launchChromium({ executablePath: plan.chromium, webgpu: true });
+const query = plan.query ?? "device=webgpu";
+const webgpu = query.includes("device=webgpu");
+const { context, close } = await launchChromium({ executablePath: plan.chromium, webgpu });
 const result = {};
 try {
   const page = context.pages()[0] ?? (await context.newPage());
   const timeout = 120_000;
-  await page.goto(`${plan.url}?bundle=/bundle/&precision=${plan.precision}&device=webgpu`);
+  await page.goto(`${plan.url}?bundle=/bundle/&precision=${plan.precision}&${query}`);
   await page.waitForFunction(() => ["ready", "error"].includes(window.__state), null, { timeout });
   result.devices = await page.evaluate(() => window.__model?.devices ?? null);
   await page.selectOption("#voice", "");

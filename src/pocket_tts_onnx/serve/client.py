@@ -32,8 +32,9 @@ def request(
     body: bytes | None = None,
     headers: dict | None = None,
     timeout: float = 30.0,
+    host: str = "127.0.0.1",
 ) -> Reply:
-    conn = connect(port, timeout=timeout)
+    conn = connect(port, host=host, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -76,9 +77,11 @@ def post_form(port: int, path: str, fields: dict, files: dict | None = None, **k
     return request(port, "POST", path, body, {"Content-Type": ctype}, **kw)
 
 
-def open_stream(port: int, payload: dict, path: str = "/v1/audio/speech", timeout=30.0):
+def open_stream(
+    port: int, payload: dict, path: str = "/v1/audio/speech", timeout=30.0, host="127.0.0.1"
+):
     """Start a request and return (connection, response) with the body unread."""
-    conn = connect(port, timeout=timeout)
+    conn = connect(port, host=host, timeout=timeout)
     conn.request(
         "POST",
         path,
@@ -88,8 +91,8 @@ def open_stream(port: int, payload: dict, path: str = "/v1/audio/speech", timeou
     return conn, conn.getresponse()
 
 
-def health(port: int) -> dict:
-    return request(port, "GET", "/health", timeout=10).json()
+def health(port: int, host: str = "127.0.0.1") -> dict:
+    return request(port, "GET", "/health", timeout=10, host=host).json()
 
 
 def free_port() -> int:

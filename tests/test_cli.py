@@ -78,7 +78,7 @@ def test_every_option_is_described_with_its_default(command):
 
 
 def test_user_output_speaks_of_the_product_only():
-    from pocket_tts_onnx.bench_report import _targets
+    from pocket_tts_onnx.tools.bench_report import _targets
 
     text = _targets({}, {"int8": {"throughput_vs_upstream-int8": 4.0}})
     assert "Targets" in text

@@ -131,7 +131,7 @@ def _voices_parser(sub) -> None:
 
 
 def _bench_parser(sub) -> None:
-    from pocket_tts_onnx.bench import add_arguments
+    from pocket_tts_onnx.tools.bench import add_arguments
 
     p = sub.add_parser("bench", help="benchmark against upstream PyTorch (needs [export])")
     add_arguments(p)
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("export", "bench"):
             _require_export_extra(args.command)
         if args.command == "bench":
-            from pocket_tts_onnx.bench import run_bench
+            from pocket_tts_onnx.tools.bench import run_bench
 
             run_bench(args)
         elif args.command == "serve":

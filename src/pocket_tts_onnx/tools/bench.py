@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_tts_onnx.bench_report import (
+from pocket_tts_onnx.tools.bench_report import (
     KV_LONG,
     KV_SHORT,
     UPSTREAM_CONTENDERS,
@@ -34,7 +34,7 @@ from pocket_tts_onnx.bench_report import (
     report,
     versions,
 )
-from pocket_tts_onnx.bench_sherpa import SHERPA, sherpa_unfit, sherpa_worker
+from pocket_tts_onnx.tools.bench_sherpa import SHERPA, sherpa_unfit, sherpa_worker
 
 CONTENDERS = (*UPSTREAM_CONTENDERS, "fp32", "int8", SHERPA)
 # sherpa-onnx at 1 and 2 threads joins the defaults when it is installed and fits the bundle.
@@ -366,7 +366,7 @@ def worker_main(job_json: str) -> None:
 
 
 def _run_worker(job: dict) -> dict:
-    cmd = [sys.executable, "-m", "pocket_tts_onnx.bench", json.dumps(job)]
+    cmd = [sys.executable, "-m", "pocket_tts_onnx.tools.bench", json.dumps(job)]
     env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     for line in proc.stdout.splitlines():

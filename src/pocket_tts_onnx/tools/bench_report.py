@@ -1,5 +1,5 @@
 """The benchmark's report: the machine it ran on, medians, ratios against both upstream
-contenders and the project's targets (pure Python + numpy, used by `pocket_tts_onnx.bench`)."""
+contenders and the project's targets (pure Python + numpy, used by tools/bench.py)."""
 
 from __future__ import annotations
 

@@ -21,11 +21,12 @@ def main() -> None:
     p.add_argument("--precision", default="int8")
     p.add_argument("--frames", type=int, default=150, help="frames per chunk (default: 150)")
     p.add_argument("--runs", type=int, default=3, help="runs per entry point (default: 3)")
+    p.add_argument("--threads", type=int, help="intra-op threads per session (default: engine's)")
     args = p.parse_args()
 
     from pocket_tts_onnx import PocketTTSOnnx
 
-    tts = PocketTTSOnnx.load(args.bundle, precision=args.precision)
+    tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
     params = {"eos_threshold": float("inf"), "max_frames": args.frames, "seed": 0}
     tts.generate("Warm up.", max_frames=4, seed=0)
     audio_s = args.frames * tts.manifest.samples_per_latent / tts.sample_rate

@@ -344,6 +344,12 @@ export class PocketTTS {
       const value = given[q.js] ?? (q.manifestDefault ? d[q.manifestDefault] : q.default);
       p[q.js] = value;
       if (value === null && q.optional) continue;
+      if (q.kind === "bool") {
+        if (typeof value !== "boolean") {
+          throw new InvalidInputError(`${q.js} must be true or false, got ${value}`);
+        }
+        continue;
+      }
       const number = typeof value === "number" && !Number.isNaN(value);
       let ok = number && (q.kind === "float" || Number.isInteger(value));
       if (ok && q.minimum !== null) ok = q.aboveMinimum ? value > q.minimum : value >= q.minimum;

@@ -4,6 +4,8 @@ pocket_tts are imported here only as the reference."""
 from __future__ import annotations
 
 import logging
+import resource
+import time
 import wave
 
 import numpy as np
@@ -463,3 +465,14 @@ def test_prompt_duration_is_bounded_at_any_rate(tmp_path):
     assert read_audio(path, max_seconds=30)[0].shape[0] == 30  # truncation is fine
     with pytest.raises(VoiceError, match="at most 600 s"):
         prepare_voice_audio(np.full(100_000, 0.1, np.float32), 1, TARGET)
+
+
+def test_odd_sample_rates_cost_bounded_time_and_memory():
+    audio = np.random.default_rng(0).standard_normal(2000).astype(np.float32) * 0.1
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    for rate in (1_000_003, 4_000_037, 4_294_967_291):  # primes: no small polyphase ratio
+        out = prepare_voice_audio(audio, rate, 24000)
+        assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert time.perf_counter() - start < 5
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200  # MB

@@ -13,12 +13,12 @@ from conftest import MULTI_CHUNK, ONE_CHUNK, upstream_audio
 
 from pocket_tts_onnx import (
     NO_VOICE,
+    BatchScheduler,
     GenerationError,
     InvalidInputError,
     PocketTTSOnnx,
     QueueFullError,
 )
-from pocket_tts_onnx.runtime.batching import BatchScheduler
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +315,39 @@ def test_scheduler_matches_the_protocol_and_the_core_has_no_cycle(fp32):
 
     for module in graph:
         visit(module, [])
+
+
+@pytest.fixture(scope="module")
+def bundle(lsd_bundle):
+    return lsd_bundle.bundle
+
+
+def test_scheduler_limits_are_typed_errors(bundle):
+    tts = PocketTTSOnnx.load(bundle, precision="fp32")
+    with pytest.raises(InvalidInputError, match="max_streams"):
+        BatchScheduler(tts, max_streams=10**6)
+    scheduler = BatchScheduler(tts, max_streams=2, max_chunk_tokens=64)
+    with scheduler, pytest.raises(InvalidInputError, match="max_chunk_tokens"):
+        scheduler.submit("a" * 2000)  # one word: the chunker cannot split it
+    with BatchScheduler(tts, max_streams=1) as scheduler:
+        # 3,500+ characters of words without a full stop: cut at words, not refused.
+        words = " ".join(f"word{i % 97}" if i % 5 else "and" for i in range(900))
+        stream = scheduler.submit(words, NO_VOICE, max_frames=1)
+        stream.cancel()
+
+
+def test_a_reader_that_stops_reading_has_bounded_buffered_audio(bundle):
+    tts = PocketTTSOnnx.load(bundle, precision="fp32")
+    with BatchScheduler(tts, max_streams=2, max_buffered_seconds=1.0) as scheduler:
+        stream = scheduler.submit(
+            "Hello there.", NO_VOICE, eos_threshold=float("inf"), max_frames=400
+        )
+        deadline = time.monotonic() + 60
+        while scheduler.stats()["active"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until it runs
+        while scheduler.stats()["active"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # not reading: the scheduler stops the stream, freeing its row
+        stats = scheduler.stats()
+        assert (stats["active"], stats["waiting"], stats["kv_rows"]) == (0, 0, 0)
+        with pytest.raises(QueueFullError, match="not read"):
+            list(stream)

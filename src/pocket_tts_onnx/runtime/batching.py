@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import logging
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -66,6 +67,17 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+@dataclass
+class _Ready:
+    """A request whose voice is loaded in its row, its text prompt not yet fed."""
+
+    request: Request
+    chunk: object
+    embeddings: np.ndarray
+    filled: int
+    need: int
+
+
 class BatchScheduler:
     """Serve many streams from one bundle with batched model calls.
 
@@ -103,7 +115,7 @@ class BatchScheduler:
         self._waiting: collections.deque[Request] = collections.deque()
         self._active: list[Request] = []
         self._parked: set[Request] = set()
-        self._admitting: Request | None = None  # being prompted into a row
+        self._admitting: list[Request] = []  # being prompted into rows
         self._lock = threading.Condition()  # reentrant
         self._closed = False
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0}
@@ -157,7 +169,7 @@ class BatchScheduler:
         with self._lock:
             buffers = self._lm.buffers
             return {
-                "active": len(self._active) + (self._admitting is not None),
+                "active": len(self._active) + len(self._admitting),
                 "waiting": sum(not r.cancelled.is_set() for r in self._waiting),
                 "parked": len(self._parked),
                 "max_streams": self.max_streams,
@@ -271,18 +283,31 @@ class BatchScheduler:
             for i in reversed(range(len(self._active))):
                 if self._active[i].cancelled.is_set():
                     self._remove(i, None)
+        self._start_waiting()
+        return True
+
+    def _start_waiting(self) -> None:
+        """Start as many waiting requests as there are free rows (and K/V budget), their
+        text prompts in one batched call."""
+        ready = []
         while True:
             with self._lock:
-                if len(self._active) >= self.max_streams or not self._waiting:
+                if len(self._active) + len(ready) >= self.max_streams or not self._waiting:
                     break
-                request = self._admitting = self._waiting.popleft()
-            started = self._start_chunk(request)
+                request = self._waiting.popleft()
+                self._admitting.append(request)
+            admitted = self._prepare(request, ready)
             with self._lock:
-                self._admitting = None
-                if not started:
+                if not admitted:
+                    self._admitting.remove(request)
                     self._waiting.appendleft(request)  # no room yet: it goes first
                     break
-        return True
+                if not ready or ready[-1].request is not request:
+                    self._admitting.remove(request)  # ended (or parked) without a row
+        if ready:
+            self._prompt(ready)
+        with self._lock:
+            self._admitting.clear()
 
     def _sweep_parked(self) -> None:  # holds the lock
         """End cancelled requests that hold no row (parked, or still waiting)."""
@@ -294,12 +319,13 @@ class BatchScheduler:
                 self._decoder.finish(request, None)
             self._waiting = collections.deque(r for r in self._waiting if not r.cancelled.is_set())
 
-    def _start_chunk(self, request: Request) -> bool:
-        """Prompt `request`'s next chunk in a new row; False when the K/V budget has no room
-        for it yet (it stays first in the queue)."""
+    def _prepare(self, request: Request, ready: list) -> bool:
+        """Take `request`'s next chunk and load its voice into the next free row (appending
+        to `ready`); False when the K/V budget has no room for it yet."""
         if request.cancelled.is_set():
             self._decoder.finish(request, None)
             return True
+        row = len(self._active) + len(ready)
         try:
             chunk, request.next_chunk = request.next_chunk or self._take(request), None
             if chunk is WAIT:
@@ -315,38 +341,69 @@ class BatchScheduler:
                 + len(chunk.token_ids)
                 + chunk_max_frames(chunk, request.config, self.core.manifest)
             )
-            if not self._fits(need, request):
+            if not self._fits(need, [r.need for r in self._active] + [p.need for p in ready]):
                 request.next_chunk = chunk
                 return False
-            row = len(self._active)
             buffers = self._lm.buffers
             rows = min(self.max_streams, max(row + 1, 2 * buffers.rows))
-            self._lm.limit = max([need] + [r.need for r in self._active])
-            if row == 0:
+            self._lm.limit = max([need] + [r.need for r in self._active] + [p.need for p in ready])
+            if row == 0:  # alone: the same buffers every time (bit-identical audio)
                 buffers.reset(rows, need)
-            else:  # room for the widest active row's worst case, allocated once
+            else:  # room for the widest row's worst case, allocated once
                 buffers.reserve(self._lm.limit, rows=rows, limit=self._lm.limit)
             self._lm.load(row, request.start)
-            self._lm.prompt(row, self.core.embed(chunk), stop=request.cancelled.is_set)
-            if request.units is not None:
-                request.timing = self.core.text_timing(request.units.popleft(), filled, chunk)
-        except PocketTTSOnnxError as e:
-            self.counts["failed"] += 1
-            self._decoder.finish(request, e)
+            ready.append(_Ready(request, chunk, self.core.embed(chunk), filled, need))
             return True
-        except Exception as e:  # e.g. out of memory in the prompt: this request only
-            logger.exception("prompting a text chunk failed")
-            self.counts["failed"] += 1
-            self._decoder.finish(request, GenerationError(f"prompting the text failed: {e}"))
+        except Exception as e:
+            self._fail_start(request, e)
             return True
+
+    def _fail_start(self, request: Request, error: BaseException) -> None:
+        if not isinstance(error, PocketTTSOnnxError):  # e.g. out of memory: this request only
+            logger.error("starting a text chunk failed: %r", error)
+            error = GenerationError(f"prompting the text failed: {error}")
+        self.counts["failed"] += 1
+        self._decoder.finish(request, error)
+
+    def _prompt(self, ready: list) -> None:
+        """Prompt every ready row's text in one batched call (each row exactly as alone: the
+        attention is causal and the padding after a shorter prompt is never kept); if that
+        fails, one row at a time, so only rows that fail alone end."""
+        first = len(self._active)
+        try:
+            self._lm.prompt_rows(first, [p.embeddings for p in ready])
+            failed: dict[int, BaseException] = {}
+        except Exception:
+            failed = {}
+            for i, p in enumerate(ready):
+                try:
+                    self._lm.load(first + i, p.request.start)
+                    self._lm.prompt(first + i, p.embeddings)
+                except Exception as e:
+                    failed[i] = e
         core = self.core
-        request.need = need
-        request.text_index += 1
-        request.chunk = ChunkStream(chunk, request.config, core.manifest, core.sampler, request.rng)
-        request.sequence = np.full((1, 1, core.manifest.latent_dim), np.nan, dtype=np.float32)
-        self._active.append(request)
-        self._decoder.join(request)
-        return True
+        for i, p in enumerate(ready):
+            request, row = p.request, len(self._active)
+            if i in failed or request.cancelled.is_set():
+                if row != first + i:
+                    self._lm.buffers.move(first + i, row)
+                if i in failed:
+                    self._fail_start(request, failed[i])
+                else:
+                    self._decoder.finish(request, None)
+                continue
+            if row != first + i:  # an earlier one failed: keep the rows packed
+                self._lm.buffers.move(first + i, row)
+            if request.units is not None:
+                request.timing = core.text_timing(request.units.popleft(), p.filled, p.chunk)
+            request.need = p.need
+            request.text_index += 1
+            request.chunk = ChunkStream(
+                p.chunk, request.config, core.manifest, core.sampler, request.rng
+            )
+            request.sequence = np.full((1, 1, core.manifest.latent_dim), np.nan, np.float32)
+            self._active.append(request)
+            self._decoder.join(request)
 
     def _take(self, request: Request):
         """The request's next chunk; a text stream with none yet is parked (under the lock,
@@ -360,7 +417,7 @@ class BatchScheduler:
                 self._parked.add(request)
             return chunk
 
-    def _fits(self, need: int, request: Request) -> bool:
+    def _fits(self, need: int, others: list[int]) -> bool:
         budget = self.max_kv_positions
         if budget is None:
             return True
@@ -370,8 +427,8 @@ class BatchScheduler:
                 f"server's whole budget ({budget}); ask for fewer max_frames",
                 param="max_frames",
             )
-        widest = max([need] + [r.need for r in self._active])
-        return (len(self._active) + 1) * widest <= budget
+        widest = max([need, *others])
+        return (len(others) + 1) * widest <= budget
 
     def _remove(self, row: int, error: BaseException | None) -> None:
         """Take `row` out of the batch (the last row moves into its place); the request

@@ -32,16 +32,17 @@ class FlowLM:
         self.limit: int | None = None  # most positions any row may need (None: unbounded)
         self.queries: np.ndarray | None = None  # the last step's post-RoPE queries
 
-    def run(self, rows: slice, sequence, text, keep=None) -> dict[str, np.ndarray]:
+    def run(self, rows: slice, sequence, text, keep=None, lengths=None) -> dict[str, np.ndarray]:
         """One call on `rows`: reads their K/V in place, writes the new rows after each row's
-        position (only where `keep` is True); returns every output by name."""
+        position (only where `keep` is True; only `lengths[i]` of them count for row i, the
+        rest is padding); returns every output by name."""
         buffers = self.buffers
         needed = int(buffers.positions[rows].max(initial=0)) + sequence.shape[1] + text.shape[1]
         buffers.reserve(needed, limit=self.limit)
         names = list(self.graph.output_names)
         feeds = {"sequence": sequence, "text_embeddings": text, **buffers.feeds(rows)}
         out = dict(zip(names, self.graph.session.run(names, feeds), strict=True))
-        buffers.append(rows, out, keep)
+        buffers.append(rows, out, keep, lengths)
         return out
 
     def load(self, row: int, states: dict[str, np.ndarray]) -> int:
@@ -59,6 +60,21 @@ class FlowLM:
                 return
             part = np.ascontiguousarray(embeddings[:, start : start + PROMPT_BLOCK_TOKENS])
             self.run(rows, empty, part)
+
+    def prompt_rows(self, first: int, embeddings: list[np.ndarray]) -> None:
+        """Feed prompts [1, T_i, D] to rows first, first + 1, ... in one call per block: the
+        shorter ones padded at the end, their padding never counted (the attention is
+        causal, so each row gets exactly what it would alone)."""
+        n, longest = len(embeddings), max(e.shape[1] for e in embeddings)
+        padded = np.zeros((n, longest, self.d_model), np.float32)
+        for i, e in enumerate(embeddings):
+            padded[i, : e.shape[1]] = e[0]
+        lengths = np.array([e.shape[1] for e in embeddings], dtype=np.int64)
+        empty = np.zeros((n, 0, self.latent_dim), np.float32)
+        for start in range(0, longest, PROMPT_BLOCK_TOKENS):
+            part = padded[:, start : start + PROMPT_BLOCK_TOKENS]
+            counts = np.clip(lengths - start, 0, part.shape[1])
+            self.run(slice(first, first + n), empty, part, lengths=counts)
 
     def step(self, sequence: np.ndarray, keep: np.ndarray | None = None):
         """One autoregressive step of rows [0, n) (`sequence` [n, 1, L], NaN = BOS):

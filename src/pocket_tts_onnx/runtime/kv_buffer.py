@@ -109,10 +109,15 @@ class KVBuffers:
         return feeds
 
     def append(
-        self, rows: slice, outputs: dict[str, np.ndarray], keep: np.ndarray | None = None
+        self,
+        rows: slice,
+        outputs: dict[str, np.ndarray],
+        keep: np.ndarray | None = None,
+        lengths: np.ndarray | None = None,
     ) -> None:
-        """Write a call's new K/V rows at each row's position and advance the positions;
-        rows where `keep` is False are left as they were (their step is discarded)."""
+        """Write a call's new K/V rows at each row's position and advance the positions by
+        `lengths[i]` (default: all of them); rows where `keep` is False do not advance
+        (their step is discarded: what was written past their position is never read)."""
         indices = range(*rows.indices(self.rows))
         new = 0
         for b in self.spec.buffers:
@@ -123,7 +128,9 @@ class KVBuffers:
                 if keep is None or keep[i]:
                     start = self.positions[row]
                     target[row, :, start : start + new] = out[i]
-        advance = new if keep is None else new * np.asarray(keep, dtype=np.int64)
+        advance = np.full(len(indices), new, np.int64) if lengths is None else lengths
+        if keep is not None:
+            advance = advance * np.asarray(keep, dtype=np.int64)
         self.positions[rows] += advance
 
     def load(self, row: int, states: dict[str, np.ndarray], filled: int) -> None:

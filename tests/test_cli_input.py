@@ -6,6 +6,7 @@ the web server reports a busy port and ignores clients that go away."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import struct
 import subprocess
@@ -17,8 +18,11 @@ import numpy as np
 import pytest
 from conftest import BLOCK_TORCH
 
+from pocket_tts_onnx import (
+    InvalidInputError,
+    PocketTTSOnnx,
+)
 from pocket_tts_onnx.cli import build_parser, main
-from pocket_tts_onnx.errors import InvalidInputError
 from pocket_tts_onnx.export.loading import DEMO_DIR
 from pocket_tts_onnx.runtime.tokenizer import load_tokenizer
 
@@ -87,7 +91,6 @@ def demo_bundle(tmp_path_factory) -> Path:
 
 
 def test_generate_refuses_lone_surrogate(demo_bundle):
-    from pocket_tts_onnx import PocketTTSOnnx
 
     tts = PocketTTSOnnx.load(demo_bundle, precision="fp32")
     with pytest.raises(InvalidInputError, match="lone surrogate"):
@@ -96,8 +99,6 @@ def test_generate_refuses_lone_surrogate(demo_bundle):
 
 def test_say_with_seed_is_bit_reproducible(demo_bundle, tmp_path, capsys):
     import soundfile as sf
-
-    from pocket_tts_onnx import PocketTTSOnnx
 
     text = "Hello there. A second sentence, streamed in several decoder calls."
     outs = []
@@ -218,3 +219,27 @@ def test_serve_client_disconnect_has_no_traceback(fake_bundle):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err and "Error" not in err, err
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, lsd_bundle):
+    """A copy of the lsd bundle that tests may damage."""
+    copy = tmp_path_factory.mktemp("damaged") / "bundle"
+    shutil.copytree(lsd_bundle.bundle, copy)
+    return copy
+
+
+def test_out_inside_the_bundle_is_refused(bundle, capsys):
+    before = (bundle / "manifest.json").read_bytes()
+    code = main(["say", "Hi.", "--bundle", str(bundle), "--out", str(bundle / "manifest.json")])
+    assert code == 2 and "inside the bundle" in capsys.readouterr().err
+    assert (bundle / "manifest.json").read_bytes() == before
+    assert main(["voice", "x.wav", "--bundle", str(bundle), "--out", str(bundle / "v.npz")]) == 2
+
+
+def test_unwritable_out_is_one_line(bundle, capsys):
+    code = main(
+        ["say", "Hi.", "--bundle", str(bundle), "--out", "/proc/x.wav", "--max-frames", "2"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err

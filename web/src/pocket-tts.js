@@ -366,6 +366,12 @@ export class PocketTTS {
         );
       }
     }
+    if (p.timestamps) {
+      throw new InvalidInputError(
+        "timestamps: the browser runtime has no word timestamps yet; use the Python engine " +
+          "or the server's POST /dev/captioned_speech",
+      );
+    }
     // More latents than max_decode_frames are decoded in several calls of at most that many.
     if (!Number.isInteger(p.decodeFrames) || p.decodeFrames < 1 || p.decodeFrames > 1000) {
       throw new InvalidInputError(`decodeFrames must be an integer in 1..1000, got ${p.decodeFrames}`);

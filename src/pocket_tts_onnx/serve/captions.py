@@ -67,7 +67,12 @@ async def captioned_speech(body: CaptionedRequest, request: Request):
         )  # fmt: skip
     voice = await _voice(state, state.resolve_voice, body.voice, "voice")
     params = {**chosen(body), "timestamps": body.return_timestamps}
-    pump = await _start(state, request, text, voice, params)
+    try:
+        pump = await _start(state, request, text, voice, params)
+    except ApiError as e:  # e.g. a bundle without timestamp heads: name this body's field
+        if e.param == "timestamps":
+            e.param = "return_timestamps"
+        raise
     if not body.stream:
         try:
             data, words = await pump.whole_file(fmt)

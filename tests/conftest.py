@@ -11,6 +11,7 @@ quantizes in seconds:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import warnings
@@ -225,3 +226,24 @@ def upstream_audio(model, voice_audio, text, decode_steps=1, eos=None) -> np.nda
         state = model.get_state_for_audio_prompt(torch.from_numpy(voice_audio)[None])
     with torch.no_grad():
         return model.generate_audio(state, text).numpy()
+
+
+@contextlib.contextmanager
+def serving(app):
+    """uvicorn serving `app` on a free loopback port in a thread; yields the port."""
+    import threading
+
+    import uvicorn
+
+    from pocket_tts_onnx.serve import client
+
+    port = client.free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        client.wait_healthy(port, timeout=30)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import threading
 
 import pytest
+from conftest import serving
 
 from pocket_tts_onnx import GenerationConfig, InvalidInputError, PocketTTSOnnx
 from pocket_tts_onnx.cli import build_parser
@@ -108,9 +108,6 @@ def test_cli_flags(serve_bundle, tmp_path, capsys, p):
 @contextlib.contextmanager
 def _serving(tts, bundle):
     """The real app in this process, its scheduler's submit observed."""
-    import uvicorn
-
-    from pocket_tts_onnx.serve import client
     from pocket_tts_onnx.serve.app import create_app
 
     app = create_app(tts, bundle)
@@ -124,16 +121,8 @@ def _serving(tts, bundle):
         return stream
 
     scheduler.submit = submit
-    port = client.free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        client.wait_healthy(port, timeout=30)
+    with serving(app) as port:
         yield port, seen
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_both_http_endpoints(tts, serve_bundle):

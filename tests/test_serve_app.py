@@ -3,14 +3,13 @@ build) or a clean interpreter (no torch), each still over real HTTP to real uvic
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from conftest import serving
 
 from pocket_tts_onnx import PocketTTSOnnx
 from pocket_tts_onnx.serve import client
@@ -24,19 +23,7 @@ def tts(serve_bundle):
     return PocketTTSOnnx.load(serve_bundle, precision="int8")
 
 
-@contextlib.contextmanager
-def running(app):
-    """uvicorn serving `app` on a free port in a thread."""
-    port = client.free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        client.wait_healthy(port, timeout=30)
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+running = serving  # uvicorn in a thread, on a free port
 
 
 class _ExplodingScheduler:

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_tts_onnx.cli_options import add_generation_arguments, generation_overrides
+from pocket_tts_onnx.cli_options import (
+    add_engine_arguments,
+    add_generation_arguments,
+    generation_overrides,
+)
 from pocket_tts_onnx.errors import (
     InvalidInputError,
     PocketTTSOnnxError,
@@ -80,9 +84,6 @@ def _export_parser(sub) -> None:
 
 
 _BUNDLE_HELP = "bundle directory written by export (default: onnx)"
-# One default everywhere, the API's: `voice` then computes exactly the states `say --voice
-# ref.wav` computes on the fly, so a saved voice sounds the same as the audio it came from.
-_PRECISION_HELP = "graph precision; int8 needs an export with --quantize (default: int8)"
 
 
 def _say_parser(sub) -> None:
@@ -93,7 +94,7 @@ def _say_parser(sub) -> None:
         type=Path,
         help="read the text from this UTF-8 file (default: the text argument or stdin)",
     )
-    p.add_argument("--bundle", type=Path, default=Path("onnx"), help=_BUNDLE_HELP)
+    add_engine_arguments(p)
     p.add_argument(
         "--out",
         type=Path,
@@ -107,10 +108,6 @@ def _say_parser(sub) -> None:
         type=Path,
         help="a voice name from the bundle (see `voices`), voice prompt audio, or a "
         ".npz/.safetensors voice (default: the bundle's default voice, if any)",
-    )
-    p.add_argument("--precision", choices=["int8", "fp32"], default="int8", help=_PRECISION_HELP)
-    p.add_argument(
-        "--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's)"
     )
     for flag, kind in (("--srt", "SubRip"), ("--vtt", "WebVTT")):
         p.add_argument(
@@ -126,14 +123,13 @@ def _say_parser(sub) -> None:
 def _voice_parser(sub) -> None:
     p = sub.add_parser("voice", help="precompute a voice from audio")
     p.add_argument("audio", type=Path, help="voice prompt audio (WAV, FLAC, OGG...)")
-    p.add_argument("--bundle", type=Path, default=Path("onnx"), help=_BUNDLE_HELP)
+    add_engine_arguments(p, threads=False)
     p.add_argument(
         "--out",
         type=Path,
         default=Path("voice.npz"),
         help="voice file to write, loads with say --voice (default: voice.npz)",
     )
-    p.add_argument("--precision", choices=["int8", "fp32"], default="int8", help=_PRECISION_HELP)
     p.add_argument(
         "--no-truncate",
         action="store_true",

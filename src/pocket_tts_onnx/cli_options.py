@@ -7,10 +7,36 @@ and help text as the Python API and the HTTP server, from one list (runtime/conf
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pocket_tts_onnx.runtime.config import PARAMETERS, parse_param
 
-__all__ = ["add_generation_arguments", "generation_overrides"]
+__all__ = ["add_engine_arguments", "add_generation_arguments", "generation_overrides"]
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, threads: bool = True) -> None:
+    """--bundle, --precision (and --threads): how every command that loads an engine opens
+    the bundle. One precision default everywhere, the API's: `voice` then computes exactly
+    the states `say --voice ref.wav` computes on the fly."""
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=Path("onnx"),
+        help="bundle directory written by export (default: onnx)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="graph precision; int8 needs an export with --quantize or --precision int8 "
+        "(default: int8)",
+    )
+    if threads:
+        parser.add_argument(
+            "--threads",
+            type=int,
+            help="ONNX Runtime intra-op threads per session (default: half the cores)",
+        )
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:

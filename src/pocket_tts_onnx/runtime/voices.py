@@ -167,6 +167,21 @@ def states_from_upstream(modules: dict, spec: GraphSpec, source) -> dict[str, np
     return {s.name: states[s.name] for s in spec.states}
 
 
+def bundle_voice_path(bundle: Path, manifest: Manifest, name: str) -> Path:
+    """The file of bundle voice `name`, checked present and equal to the manifest's sha256
+    (BundleError naming the voice and its path inside the bundle otherwise)."""
+    entry = manifest.voices[name]
+    path = resolve_in_bundle(bundle, entry.file)
+    if not path.is_file():
+        raise BundleError(f"bundle voice {name!r}: {entry.file} is missing; re-export")
+    if file_sha256(path) != entry.sha256:
+        raise BundleError(
+            f"bundle voice {name!r}: {entry.file} does not match its sha256 in manifest.json "
+            "(replaced or corrupted); restore, re-export or re-download the bundle"
+        )
+    return path
+
+
 class VoiceCatalog:
     """The bundle's predefined voices by name: sha256-checked against the manifest, loaded
     once and cached (a Voice is read-only, so the cached one is shared)."""
@@ -204,14 +219,6 @@ class VoiceCatalog:
                     f"voice {name!r}: this engine was built from sessions without a bundle "
                     "folder; pass bundle=... to from_sessions, or use load_voice(path)"
                 )
-            path = resolve_in_bundle(self._bundle, entry.file)
-            if not path.is_file():
-                raise BundleError(f"voice {name!r}: {path} is missing from the bundle; re-export")
-            if file_sha256(path) != entry.sha256:
-                raise BundleError(
-                    f"voice {name!r}: {path} does not match the sha256 in manifest.json (the file "
-                    "was replaced or corrupted); re-export or re-download the bundle"
-                )
-            voice = self._loader(path)
+            voice = self._loader(bundle_voice_path(self._bundle, self._manifest, name))
             self._cache[name] = voice
             return voice

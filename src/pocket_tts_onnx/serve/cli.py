@@ -7,6 +7,7 @@ import logging
 import socket
 from pathlib import Path
 
+from pocket_tts_onnx.cli_options import add_engine_arguments
 from pocket_tts_onnx.errors import PocketTTSOnnxError
 from pocket_tts_onnx.serve.limits import ServeConfig
 
@@ -14,9 +15,7 @@ _DEFAULTS = ServeConfig()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--bundle", type=Path, default=Path("onnx"), help="bundle directory (default: onnx)"
-    )
+    add_engine_arguments(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -24,12 +23,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "server to the network: put it behind a proxy with TLS/auth if it is public)",
     )
     p.add_argument("--port", type=_port, default=8000, help="TCP port, 0-65535 (default: 8000)")
-    p.add_argument(
-        "--precision", choices=["int8", "fp32"], default="int8", help="graphs (default: int8)"
-    )
-    p.add_argument(
-        "--threads", type=int, help="intra-op threads per ONNX session (default: the engine's)"
-    )
     p.add_argument(
         "--voices-dir",
         type=Path,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_tts_onnx.errors import BundleError, VoiceError
-from pocket_tts_onnx.manifest import file_sha256, resolve_in_bundle
+from pocket_tts_onnx.errors import VoiceError
 from pocket_tts_onnx.runtime.audio import decode_audio
+from pocket_tts_onnx.runtime.voices import bundle_voice_path
 
 # Seconds of an uploaded prompt that are decoded: voice_from_audio(truncate=True) keeps 30.
 PROMPT_SECONDS = 30.0
@@ -93,17 +93,8 @@ class VoiceStore:
         """Every voice the manifest lists must match its sha256, checked once at startup:
         a damaged voice would otherwise fail each request that names it (or, as the
         default, every request). Raises BundleError naming the voice."""
-        manifest = self._tts.manifest
         for name in sorted(self._bundle_voices):
-            entry = manifest.voices[name]
-            path = resolve_in_bundle(self._bundle, entry.file)
-            if not path.is_file():
-                raise BundleError(f"bundle voice {name!r}: {entry.file} is missing; re-export")
-            if file_sha256(path) != entry.sha256:
-                raise BundleError(
-                    f"bundle voice {name!r}: {entry.file} does not match its sha256 in "
-                    "manifest.json (replaced or corrupted); restore or re-export the bundle"
-                )
+            bundle_voice_path(self._bundle, self._tts.manifest, name)
 
     def get(self, name: str):
         """A bundle voice name (the engine loads and caches those itself) or a Voice loaded

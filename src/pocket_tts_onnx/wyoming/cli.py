@@ -8,31 +8,26 @@ import asyncio
 import importlib.util
 import logging
 from functools import partial
-from pathlib import Path
 from urllib.parse import urlparse
 
-from pocket_tts_onnx.cli_options import add_generation_arguments, generation_overrides
+from pocket_tts_onnx.cli_options import (
+    add_engine_arguments,
+    add_generation_arguments,
+    generation_overrides,
+)
 from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError
 
 logger = logging.getLogger("pocket_tts_onnx.wyoming")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--bundle", type=Path, default=Path("onnx"), help="bundle directory (default: onnx)"
-    )
+    add_engine_arguments(p)
     p.add_argument(
         "--uri",
         default="tcp://127.0.0.1:10200",
         help="where to listen: tcp://HOST:PORT, unix://PATH or stdio:// (default: "
         "tcp://127.0.0.1:10200, this machine only; tcp://0.0.0.0:10200 lets Home Assistant "
         "on another machine connect - the protocol has no authentication)",
-    )
-    p.add_argument(
-        "--precision", choices=["int8", "fp32"], default="int8", help="graphs (default: int8)"
-    )
-    p.add_argument(
-        "--threads", type=int, help="intra-op threads per ONNX session (default: the engine's)"
     )
     p.add_argument(
         "--max-streams", type=int, default=8, help="streams generated at once (default: 8)"

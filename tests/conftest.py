@@ -176,12 +176,15 @@ def voice_audio() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def serve_bundle(tmp_path_factory) -> Path:
-    """The demo model exported with INT8 graphs, for the HTTP server tests (unverified: the
-    server tests compare the server with the engine on this same bundle)."""
+    """The demo model exported with INT8 graphs and word-timestamp heads, for the HTTP server
+    tests (unverified: the server tests compare the server with the engine on this same
+    bundle)."""
     from pocket_tts_onnx.export.pipeline import export_bundle
 
     bundle = tmp_path_factory.mktemp("serve") / "demo"
-    export_bundle(ModelSource(demo=True), bundle, quantize=True, verify=False)
+    export_bundle(
+        ModelSource(demo=True), bundle, quantize=True, verify=False, timestamp_heads="L1H0,L0H2"
+    )
     return bundle
 
 

@@ -8,9 +8,12 @@ import argparse
 import pytest
 import soundfile as sf
 
+from pocket_tts_onnx import WordEvent
 from pocket_tts_onnx.cli import build_parser, main
 from pocket_tts_onnx.manifest import Manifest
 from pocket_tts_onnx.runtime.encoding import supported_formats
+from pocket_tts_onnx.subtitles import cues
+from pocket_tts_onnx.word_units import source_words
 
 
 def _say(bundle, out, *extra):
@@ -92,3 +95,73 @@ def test_version(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"pocket-tts-onnx {__version__}"
+
+
+SUBTITLED = "Hello there, this is a test of subtitles. And a second sentence follows it now!"
+
+
+def _srt_cues(body: str) -> list[tuple[str, str, str]]:
+    blocks = [b.splitlines() for b in body.strip().split("\n\n")]
+    assert [b[0] for b in blocks] == [str(i) for i in range(1, len(blocks) + 1)]
+    return [(*b[1].split(" --> "), b[2]) for b in blocks]
+
+
+def test_say_writes_srt_and_vtt_cues_from_the_engines_words(serve_bundle, tmp_path, capsys):
+    from pocket_tts_onnx import PocketTTSOnnx
+
+    srt, vtt = tmp_path / "a.srt", tmp_path / "a.vtt"
+    args = ["--srt", str(srt), "--vtt", str(vtt), "--eos-threshold", "1e9", "--max-frames", "20"]
+    code = main(["say", SUBTITLED, "--bundle", str(serve_bundle), "--out",
+                 str(tmp_path / "a.wav"), "--seed", "1", *args])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    tts = PocketTTSOnnx.load(serve_bundle)
+    _, words = tts.generate(SUBTITLED, seed=1, eos_threshold=1e9, max_frames=20, timestamps=True)
+    assert words
+    cues = _srt_cues(srt.read_text())
+    # Every word in order, each cue the caller's own text from its first word to its last.
+    spoken = " ".join(text for _, _, text in cues)
+    assert [w.text for w in words] == [w.text for w in source_words(spoken)]
+    assert all(text in SUBTITLED for _, _, text in cues)
+    body = vtt.read_text()
+    assert body.startswith("WEBVTT\n\n")
+    vtt_cues = [
+        (*b.splitlines()[0].split(" --> "), b.splitlines()[1])
+        for b in body[len("WEBVTT\n\n") :].strip().split("\n\n")
+    ]
+    assert vtt_cues == [(a.replace(",", "."), b.replace(",", "."), t) for a, b, t in cues]
+    first = words[0]
+    assert cues[0][0] == _stamp(first.start)
+
+
+def _stamp(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def test_subtitles_from_a_bundle_without_heads_are_refused_before_synthesis(
+    serve_bundle, tmp_path, capsys
+):
+    import json
+    import shutil
+
+    bundle = shutil.copytree(serve_bundle, tmp_path / "b")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["timestamps"] = None
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "a.wav"
+    assert _say(bundle, out, "--vtt", str(tmp_path / "a.vtt")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --vtt: this bundle has no word-timestamp heads"), err
+    assert "--timestamp-heads" in err and not out.exists()
+
+
+def test_cues_are_short_phrases():
+    text = "One two, three four five six seven eight nine ten eleven. Twelve"
+    words = [
+        WordEvent(w.text, w.index, w.begin, w.end, 0.3 * w.index, 0.3 * w.index + 0.2)
+        for w in source_words(text)
+    ]
+    words[-1] = WordEvent("Twelve", 11, words[-1].char_start, words[-1].char_end, 9.0, 9.5)
+    got = [c.text for c in cues(words, text)]
+    assert got == ["One two", "three four five six seven eight nine ten", "eleven", "Twelve"]
+    assert cues(words, text)[0].start == 0.0 and cues(words, text)[0].end == 0.5

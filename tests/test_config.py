@@ -29,7 +29,15 @@ VALID = {
     "seed": 7,
     "max_frames": 5,
     "first_chunk_frames": 2,
+    "timestamps": True,
 }
+
+
+def _flag(p, value) -> list[str]:
+    """The command line giving `value` (a switch is its flag alone)."""
+    if p.kind is bool:
+        return [p.flag if value else "--no-" + p.flag[2:]]
+    return [p.flag, str(value)]
 
 
 def _invalid(p):
@@ -77,12 +85,17 @@ def test_python_api_and_scheduler(tts, p):
 @pytest.mark.parametrize("p", PARAMETERS, ids=lambda p: p.name)
 def test_cli_flags(serve_bundle, tmp_path, capsys, p):
     value = VALID[p.name]
-    args = build_parser().parse_args(["say", "Hi.", p.flag, str(value)])
+    args = build_parser().parse_args(["say", "Hi.", *_flag(p, value)])
     assert generation_overrides(args) == {p.name: value}
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     action = next(a for a in sub.choices["say"]._actions if p.flag in a.option_strings)
     assert action.help.startswith(p.help) and (p.bounds() or "") in action.help
+    if p.kind is bool:
+        args = build_parser().parse_args(["say", "Hi.", *_flag(p, False)])
+        assert generation_overrides(args) == {p.name: False}
+        assert generation_overrides(build_parser().parse_args(["say", "Hi."])) == {}
+        return  # a switch takes no text, so no text can be wrong
     base = ["say", "Hi.", "--bundle", str(serve_bundle), "--out", str(tmp_path / "o.wav")]
     bad = _invalid(p)
     for text in ([str(bad)] if bad is not None else []) + ["x1"]:

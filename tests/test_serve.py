@@ -156,6 +156,82 @@ def test_pcm_sse_and_encoded_formats(server, tts):
             assert abs(decoded.shape[0] - want.shape[0]) < 0.1 * tts.sample_rate
 
 
+def _timings(words) -> list[tuple]:
+    return [(w["word"], w["index"], w["char_start"], w["char_end"]) for w in words]
+
+
+def _same_times(got: list[dict], want) -> None:
+    """Within one frame (80 ms): batched calls round floats differently from generate()."""
+    for a, b in zip(got, want, strict=True):
+        assert abs(a["start_time"] - b.start) <= 0.08 and abs(a["end_time"] - b.end) <= 0.08
+
+
+def test_captioned_speech_streams_ndjson_with_word_timings(server, tts):
+    """Kokoro-FastAPI's /dev/captioned_speech: NDJSON lines of base64 audio with the words
+    that ended so far; the same words as the engine, located in the request's text."""
+    _, want = tts.generate(TEXT, max_frames=12, timestamps=True, **FIXED)
+    assert want and all(w.end is not None for w in want)
+    reply = client.post_json(
+        server, "/dev/captioned_speech", {"input": TEXT, "max_frames": 12, **FIXED}
+    )
+    assert reply.status == 200, reply.body[:300]
+    assert reply.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in reply.body.decode().splitlines()]
+    assert len(lines) > 1 and {line["audio_format"] for line in lines} == {"audio/wav"}
+    audio = b"".join(base64.b64decode(line["audio"]) for line in lines)
+    assert audio[:4] == b"RIFF"
+    assert_same_audio(np.frombuffer(audio[44:], "<i2"), reference(tts, 12))
+    words = [w for line in lines for w in line["timestamps"]]
+    assert _timings(words) == [(w.text, w.index, w.char_start, w.char_end) for w in want]
+    assert all(TEXT[w["char_start"] : w["char_end"]] == w["word"] for w in words)
+    _same_times(words, want)
+
+    whole = client.post_json(
+        server,
+        "/dev/captioned_speech",
+        {"input": TEXT, "max_frames": 12, "stream": False, "response_format": "flac", **FIXED},
+    )
+    assert whole.status == 200, whole.body[:300]
+    body = whole.json()
+    assert body["audio_format"] == "audio/flac"
+    decoded, _ = sf.read(io.BytesIO(base64.b64decode(body["audio"])), dtype="int16")
+    assert_same_audio(decoded, reference(tts, 12))
+    assert _timings(body["timestamps"]) == _timings(words)
+
+    plain = client.post_json(
+        server,
+        "/dev/captioned_speech",
+        {"input": TEXT, "max_frames": 8, "return_timestamps": False, **FIXED},
+    )
+    lines = [json.loads(line) for line in plain.body.decode().splitlines()]
+    assert lines and all(line["timestamps"] == [] for line in lines)
+
+
+def test_speech_sse_lists_word_timings_when_asked(server, tts):
+    _, want = tts.generate(TEXT, max_frames=12, timestamps=True, **FIXED)
+    sse = speech(server, response_format="pcm", max_frames=12, stream_format="sse", timestamps=True)
+    assert sse.status == 200, sse.body[:300]
+    events = [json.loads(line[6:]) for line in sse.body.decode().split("\n\n") if line]
+    words = [w for e in events for w in e.get("timestamps", [])]
+    assert _timings(words) == [(w.text, w.index, w.char_start, w.char_end) for w in want]
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert_same_audio(np.frombuffer(audio, "<i2"), reference(tts, 12))
+
+
+def test_captioned_speech_refusals(server):
+    for fields, param in (
+        ({"stream": True, "response_format": "mp3"}, "stream"),
+        ({"response_format": "ogg-nope"}, "response_format"),
+        ({"return_timestamps": "yes"}, "return_timestamps"),
+        ({"input": ""}, "input"),
+    ):
+        reply = client.post_json(server, "/dev/captioned_speech", {"input": TEXT, **fields})
+        if fields.get("response_format") == "mp3" and reply.status == 200:
+            continue  # this server streams mp3
+        assert reply.status == 400, (fields, reply.body[:200])
+        assert reply.json()["error"]["param"] == param, reply.body
+
+
 def test_upstream_tts_form(server, tts, voices_dir, voice_audio):
     buf = io.BytesIO()
     sf.write(buf, voice_audio, 24000, format="WAV", subtype="PCM_16")

@@ -369,3 +369,34 @@ def test_one_bad_request_never_stops_the_server_and_a_stopped_scheduler_restarts
         assert client.request(port, "GET", "/health").status == 200  # a new one runs
         assert client.post_json(port, "/v1/audio/speech", ok).status == 200
         assert client.health(port)["scheduler"]["restarts"] == 1
+
+
+def test_timings_from_a_bundle_without_heads_are_a_400_naming_the_field(serve_bundle, tmp_path):
+    """Every way to ask for word timings over HTTP and WebSocket says this bundle has none,
+    naming the request's own field, before any audio."""
+    import json
+    import shutil
+
+    from pocket_tts_onnx.serve.app import create_app
+
+    bundle = shutil.copytree(serve_bundle, tmp_path / "b")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["timestamps"] = None
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    tts = PocketTTSOnnx.load(bundle)
+    app = create_app(tts, bundle)
+    with running(app) as port:
+        for path, body, param in (
+            ("/dev/captioned_speech", {"input": "Hi."}, "return_timestamps"),
+            ("/v1/audio/speech", {"input": "Hi.", "timestamps": True}, "timestamps"),
+        ):
+            reply = client.post_json(port, path, body)
+            assert reply.status == 400, reply.body[:300]
+            error = reply.json()["error"]
+            assert error["param"] == param and "--timestamp-heads" in error["message"], error
+        plain = client.post_json(
+            port,
+            "/dev/captioned_speech",
+            {"input": "Hi.", "return_timestamps": False, "max_frames": 2},
+        )
+        assert plain.status == 200, plain.body[:300]

@@ -196,3 +196,39 @@ def test_bad_url_is_refused_with_1008(port, path, param):
 
     error, code = run(go())
     assert code == 1008 and error["error"]["param"] == param
+
+
+def test_word_alignment_when_asked(port, tts):
+    """generation_config {"timestamps": true}: messages carry a word-level `alignment`;
+    the words of the engine's text stream, offsets into all the text sent."""
+
+    async def go():
+        messages = []
+        async with websockets.connect(url(port)) as ws:
+            await send(ws, " ", generation_config={**SETTINGS, "timestamps": True})
+            for piece in pieces(TEXT):
+                await send(ws, piece)
+            await send(ws, "")
+            async for message in ws:
+                body = json.loads(message)
+                if body["isFinal"]:
+                    break
+                messages.append(body)
+        return messages
+
+    messages = run(go())
+    stream = tts.open_stream(**SETTINGS, timestamps=True)
+    for piece in pieces(TEXT):
+        stream.write(piece)
+    stream.end()
+    want = [w for chunk in stream for w in chunk.words if w.end is not None]
+    assert want
+    got = [m["alignment"] for m in messages if "alignment" in m]
+    words = [w for a in got for w in a["words"]]
+    assert words == [w.text for w in want]
+    starts = [s for a in got for s in a["charStarts"]]
+    ends = [e for a in got for e in a["charEnds"]]
+    assert [TEXT[s:e] for s, e in zip(starts, ends, strict=True)] == words
+    assert starts == [w.char_start for w in want]
+    times = [t for a in got for t in a["wordStartTimesMs"]]
+    assert all(abs(t - 1000 * w.start) <= 80 for t, w in zip(times, want, strict=True))

@@ -14,6 +14,7 @@ from conftest import family_config
 from pocket_tts_onnx import (
     NO_VOICE,
     BatchScheduler,
+    InvalidInputError,
     PocketTTSOnnx,
     TimestampsUnavailableError,
     WordEvent,
@@ -212,7 +213,7 @@ def test_word_offsets_survive_capitalisation_punctuation_and_chunking(models):
     tts, _ = models["lsd"]
     text = "  hello   world — it’s 3.5 o'clock"
     core = tts.core
-    chunks, units = core.word_units(text, core.chunks(text), True)
+    chunks, units = core.word_units(text, core.chunks(text))
     spans = [(u.word.begin, u.word.end) for cu in units for u in cu.units if u.word]
     assert [text[b:e] for b, e in spans] == ["hello", "world", "it’s", "3", "5", "o'clock"]
 
@@ -229,8 +230,60 @@ def test_a_bundle_without_heads_says_so(models, tmp_path):
     assert tts.manifest.timestamp_heads == ()
     with pytest.raises(TimestampsUnavailableError, match="--timestamp-heads"):
         tts.stream("Hello.", timestamps=True)
-    with pytest.raises(TimestampsUnavailableError, match="open_stream"):
+    with pytest.raises(TimestampsUnavailableError, match="--timestamp-heads"):
         tts.open_stream(timestamps=True)
+    with pytest.raises(TimestampsUnavailableError, match="--timestamp-heads"):
+        tts.generate("Hello.", config=tts.generation_config(timestamps=True))
+
+
+def test_the_switch_is_a_generation_parameter(models):
+    tts, _ = models["lsd"]
+    config = tts.generation_config(timestamps=True, temperature=0.0, eos_threshold=EOS)
+    audio, words = tts.generate(TEXTS[0], NO_VOICE, config=config)
+    assert audio.ndim == 1 and all(isinstance(w, WordEvent) for w in words)
+    assert words == tts.generate(TEXTS[0], NO_VOICE, timestamps=True, config=config)[1]
+    plain = tts.generate(TEXTS[0], NO_VOICE, config=config, timestamps=False)
+    np.testing.assert_array_equal(plain, audio)  # timestamps change no sample
+    with pytest.raises(InvalidInputError) as info:
+        tts.stream("Hello.", timestamps="yes")
+    assert info.value.param == "timestamps"
+
+
+def _pieces(text: str, rng) -> list[str]:
+    cuts = sorted(rng.choice(np.arange(1, len(text)), size=12, replace=False))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+
+@pytest.mark.parametrize("text", [TEXTS[7], TEXTS[8], TEXTS[2]])
+def test_text_streams_give_offsets_in_the_whole_written_text(models, text):
+    """Written in pieces that split words, the events are the whole text's: each names
+    `text[char_start:char_end]` with its index among all words, and equal `stream(text)`'s
+    where the feed made the same chunks (so the same audio)."""
+    tts, _ = models["lsd"]
+    params = {"timestamps": True, "temperature": 0.0, "eos_threshold": EOS}
+    stream = tts.open_stream(NO_VOICE, **params)
+    for piece in _pieces(text, np.random.default_rng(len(text))):
+        stream.write(piece)
+    stream.end()
+    events = [w for chunk in stream for w in chunk.words]
+    assert events
+    words = source_words(text)
+    for w in events:
+        assert (w.text, w.char_start, w.char_end) == (
+            words[w.index].text,
+            words[w.index].begin,
+            words[w.index].end,
+        )
+    feed = tts.core.feed()
+    fed = [
+        c.text
+        for piece in _pieces(text, np.random.default_rng(len(text)))
+        for c in feed.write(piece)
+    ]
+    fed += [c.text for c in feed.end()]
+    if fed == [c.text for c in tts.core.chunks(text)]:
+        whole = [w for chunk in tts.stream(text, NO_VOICE, **params) for w in chunk.words]
+        assert events == whole
 
 
 def test_word_event_is_public():

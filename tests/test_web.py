@@ -439,6 +439,37 @@ def test_js_truncated_noise_has_no_redraw_loop():
     assert np.allclose(got["erf"], want, rtol=1e-9, atol=1e-9), (got["erf"], want)
 
 
+def test_js_parameters_switch_is_checked_and_timestamps_refused():
+    """The one parameter list reaches the browser with its switch (`timestamps`): a non-bool
+    is refused like in Python, and true is refused clearly (no word timestamps in JS yet)
+    instead of giving audio without words."""
+    script = """
+    import { PocketTTS } from "./src/pocket-tts.js";
+    const fake = { manifest: { defaults: { temperature: 0.7, decode_steps: 1,
+      eos_threshold: -4, frames_after_eos: null, noise_clamp: null } } };
+    const out = {};
+    for (const [name, value] of [["off", false], ["on", true], ["bad", "yes"]]) {
+      try {
+        out[name] = PocketTTS.prototype._params.call(fake, { timestamps: value }).timestamps;
+      } catch (e) { out[name] = `${e.name}: ${e.message}`; }
+    }
+    out.default = PocketTTS.prototype._params.call(fake, {}).timestamps;
+    console.log(JSON.stringify(out));
+    """
+    proc = subprocess.run(
+        [NODE, "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=WEB,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    assert got["off"] is False and got["default"] is False
+    assert got["on"].startswith("InvalidInputError: timestamps: the browser runtime"), got
+    assert got["bad"] == "InvalidInputError: timestamps must be true or false, got yes", got
+
+
 # ------------------------------------------------------------------------- fast-KV engine
 
 

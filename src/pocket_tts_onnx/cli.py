@@ -21,7 +21,11 @@ from pocket_tts_onnx.cli_options import (
     add_generation_arguments,
     generation_overrides,
 )
-from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError
+from pocket_tts_onnx.errors import (
+    InvalidInputError,
+    PocketTTSOnnxError,
+    TimestampsUnavailableError,
+)
 
 
 def _export_parser(sub) -> None:
@@ -105,6 +109,14 @@ def _say_parser(sub) -> None:
         help="a voice name from the bundle (see `voices`), voice prompt audio, or a "
         ".npz/.safetensors voice (default: the bundle's default voice, if any)",
     )
+    for flag, kind in (("--srt", "SubRip"), ("--vtt", "WebVTT")):
+        p.add_argument(
+            flag,
+            type=Path,
+            metavar="FILE",
+            help=f"also write {kind} subtitles from the word timestamps, one cue per short "
+            "phrase (needs a bundle exported with timestamp heads; default: none)",
+        )
     add_generation_arguments(p)
 
 
@@ -269,34 +281,52 @@ def _read_text(args) -> str:
     return _decode_text(buffer.read(), "the text on stdin")
 
 
-def _check_out(path: Path, bundle: Path) -> None:
+def _check_out(path: Path, bundle: Path, flag: str = "--out") -> None:
     """Fail before any synthesis when --out cannot be written, so no work is lost, and never
     write into the bundle (a WAV over manifest.json or a shipped voice breaks it)."""
     with contextlib.suppress(OSError):
         if path.resolve().is_relative_to(bundle.resolve()):
             raise InvalidInputError(
-                f"--out {path} is inside the bundle {bundle}; write it elsewhere (writing "
+                f"{flag} {path} is inside the bundle {bundle}; write it elsewhere (writing "
                 "there would replace or add files the manifest does not describe)"
             )
     if path.is_dir():
         raise InvalidInputError(
-            f"--out {path} is a directory; give a file name, e.g. --out {path / 'out.wav'}"
+            f"{flag} {path} is a directory; give a file name, e.g. {flag} {path / 'out.wav'}"
         )
     parent = path.parent
     if not parent.is_dir():
         raise InvalidInputError(
-            f"--out {path}: the folder {parent} does not exist; create it or choose another --out"
+            f"{flag} {path}: the folder {parent} does not exist; create it or choose another {flag}"
         )
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"--out {path}: the folder {parent} is not writable")
+        raise InvalidInputError(f"{flag} {path}: the folder {parent} is not writable")
 
 
-def _write(path: Path, write) -> None:
+def _write(path: Path, write, flag: str = "--out") -> None:
     """Run `write`; a filesystem refusal the checks could not foresee is one line."""
     try:
         write()
     except OSError as e:
-        raise InvalidInputError(f"cannot write --out {path}: {e.strerror or e}") from e
+        raise InvalidInputError(f"cannot write {flag} {path}: {e.strerror or e}") from e
+
+
+def _subtitle_files(args, manifest) -> dict[str, Path]:
+    """--srt/--vtt files, checked before any synthesis; a bundle without timestamp heads is
+    refused here, not after the audio is made."""
+    wanted = {flag: path for flag, path in (("--srt", args.srt), ("--vtt", args.vtt)) if path}
+    if wanted and not manifest.timestamp_heads:
+        raise TimestampsUnavailableError(
+            f"{' and '.join(wanted)}: this bundle has no word-timestamp heads, so no "
+            "subtitles; re-export it with `pocket-tts-onnx export --timestamp-heads L3H8,L2H0` "
+            "(heads of your model)",
+            param="timestamps",
+        )
+    for flag, path in wanted.items():
+        _check_out(path, args.bundle, flag)
+        if path.resolve() == args.out.resolve():
+            raise InvalidInputError(f"{flag} {path} is also --out; give another file")
+    return wanted
 
 
 # `say --voice X`: X is a file if it exists or has one of these suffixes, else a voice name.
@@ -338,12 +368,19 @@ def run_say(args) -> None:
     from pocket_tts_onnx.manifest import Manifest
     from pocket_tts_onnx.runtime.audio import write_audio
     from pocket_tts_onnx.runtime.config import GenerationConfig
+    from pocket_tts_onnx.subtitles import cues
+    from pocket_tts_onnx.subtitles import srt as subtitles_srt
+    from pocket_tts_onnx.subtitles import vtt as subtitles_vtt
 
     manifest = Manifest.load(args.bundle)  # "not a bundle" before anything about --out
     _check_out(args.out, args.bundle)
     fmt = _out_format(args.out, manifest.sample_rate)
+    subtitles = _subtitle_files(args, manifest)
     text = _read_text(args)
-    config = GenerationConfig.from_manifest(manifest, **generation_overrides(args))
+    overrides = generation_overrides(args)
+    if subtitles:
+        overrides["timestamps"] = True
+    config = GenerationConfig.from_manifest(manifest, **overrides)
     voice = None  # None: the bundle's default voice, if it has one
     if args.voice is not None:
         suffix = args.voice.suffix.lower()
@@ -359,13 +396,18 @@ def run_say(args) -> None:
             voice = tts.voice_from_audio(args.voice)
     start = time.perf_counter()
     first = None
-    pieces = []
+    pieces, words = [], []
     for chunk in tts.stream(text, voice, config=config):
         first = first if first is not None else time.perf_counter() - start
         pieces.append(chunk.samples)
+        words += [w for w in chunk.words if w.end is not None]
     audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     elapsed = time.perf_counter() - start
     _write(args.out, lambda: write_audio(args.out, audio, tts.sample_rate, fmt))
+    for flag, path in subtitles.items():
+        body = (subtitles_srt if flag == "--srt" else subtitles_vtt)(cues(words, text))
+        _write(path, lambda p=path, b=body: p.write_text(b, encoding="utf-8"), flag)
+        print(f"wrote {path}: {len(words)} words")
     duration = audio.shape[0] / tts.sample_rate
     latency = f", first audio after {1000 * first:.0f} ms" if first is not None else ""
     print(

@@ -45,6 +45,15 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for p in PARAMETERS:
         bounds = f"; {p.bounds()}" if p.bounds() else ""
+        if p.kind is bool:  # --name / --no-name
+            group.add_argument(
+                p.flag,
+                dest=p.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{p.help} (default: off)",
+            )
+            continue
         group.add_argument(
             p.flag,
             dest=p.name,
@@ -56,8 +65,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 def generation_overrides(args: argparse.Namespace) -> dict:
     """The parameters given on the command line, typed (InvalidInputError naming the flag's
     parameter for text that is not a number); ranges are checked by GenerationConfig."""
+    given = {p: getattr(args, p.name, None) for p in PARAMETERS}
     return {
-        p.name: parse_param(p, getattr(args, p.name))
-        for p in PARAMETERS
-        if getattr(args, p.name, None) is not None
+        p.name: value if p.kind is bool else parse_param(p, value)
+        for p, value in given.items()
+        if value is not None
     }

@@ -61,8 +61,7 @@ class NonFiniteError(InvalidInputError):
 
 
 class TimestampsUnavailableError(InvalidInputError):
-    """Word timestamps were asked of a bundle that has no timestamp heads (or of a text
-    stream, which does not support them)."""
+    """Word timestamps were asked of a bundle that has no timestamp heads."""
 
 
 class GenerationError(PocketTTSOnnxError):

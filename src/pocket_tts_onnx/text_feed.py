@@ -52,6 +52,10 @@ class SentenceFeed:
     def __init__(self, tokenizer, rules: TextRules):
         self._tokenizer, self._rules = tokenizer, rules
         self._buffer = ""
+        self._consumed = 0  # characters written before the buffer
+        # The text the last write()/end() made its chunks from, and where it starts in
+        # everything written (word timestamps map words back to the caller's text).
+        self.part: tuple[str, int] = ("", 0)
         self.ended = False
         self.spoken = False  # some chunk was produced
 
@@ -94,6 +98,8 @@ class SentenceFeed:
         return cuts[-1] if cuts else 0
 
     def _chunks(self, text: str) -> list[TextChunk]:
+        self.part = (text, self._consumed)
+        self._consumed += len(text)
         if not text.strip():
             return []
         try:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["ChunkUnits", "SourceWord", "Unit", "map_chunks", "source_words"]
+__all__ = ["ChunkUnits", "FeedWords", "SourceWord", "Unit", "map_chunks", "source_words"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,3 +176,35 @@ def map_chunks(source: str, chunk_texts: list[str], tokenizer) -> list[ChunkUnit
         spans, in_bytes = tokenizer.piece_spans(text)
         out.append(ChunkUnits(units, _token_to_unit(text, units, spans, in_bytes)))
     return out
+
+
+class FeedWords:
+    """Word units of text written in pieces (a text stream): each complete part is mapped
+    alone (a part ends at white space, so no word spans two), then its words are moved to
+    their offsets and indices in everything written so far."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._words = 0  # words in the parts mapped so far
+
+    def map(self, part: str, offset: int, chunk_texts: list[str]) -> list[ChunkUnits]:
+        """`part` (at `offset` of the whole text) spoken as `chunk_texts`."""
+        out = []
+        for chunk in map_chunks(part, chunk_texts, self._tokenizer):
+            units = tuple(
+                u
+                if u.word is None
+                else replace(
+                    u,
+                    word=replace(
+                        u.word,
+                        index=u.word.index + self._words,
+                        begin=u.word.begin + offset,
+                        end=u.word.end + offset,
+                    ),
+                )
+                for u in chunk.units
+            )
+            out.append(ChunkUnits(units, chunk.token_to_unit))
+        self._words += len(source_words(part))
+        return out

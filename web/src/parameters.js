@@ -96,5 +96,17 @@ export const PARAMETERS = [
     "manifestDefault": null,
     "default": 1,
     "help": "frames in the first streamed audio chunk (1: lowest latency)"
+  },
+  {
+    "name": "timestamps",
+    "js": "timestamps",
+    "kind": "bool",
+    "minimum": null,
+    "maximum": null,
+    "aboveMinimum": false,
+    "optional": false,
+    "manifestDefault": null,
+    "default": false,
+    "help": "word timestamps: audio chunks carry each word's start and end (bundles exported with timestamp heads)"
   }
 ];

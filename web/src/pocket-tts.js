@@ -345,6 +345,12 @@ export class PocketTTS {
       const value = given[q.js] ?? (q.manifestDefault ? d[q.manifestDefault] : q.default);
       p[q.js] = value;
       if (value === null && q.optional) continue;
+      if (q.kind === "bool") {
+        if (typeof value !== "boolean") {
+          throw new InvalidInputError(`${q.js} must be true or false, got ${value}`);
+        }
+        continue;
+      }
       const number = typeof value === "number" && !Number.isNaN(value);
       let ok = number && (q.kind === "float" || Number.isInteger(value));
       if (ok && q.minimum !== null) ok = q.aboveMinimum ? value > q.minimum : value >= q.minimum;
@@ -360,6 +366,12 @@ export class PocketTTS {
           `${q.js} must be ${what}${range}${q.optional ? " or null" : ""}, got ${value}`,
         );
       }
+    }
+    if (p.timestamps) {
+      throw new InvalidInputError(
+        "timestamps: the browser runtime has no word timestamps yet; use the Python engine " +
+          "or the server's POST /dev/captioned_speech",
+      );
     }
     // More latents than max_decode_frames are decoded in several calls of at most that many.
     if (!Number.isInteger(p.decodeFrames) || p.decodeFrames < 1 || p.decodeFrames > 1000) {

@@ -31,7 +31,6 @@ from pocket_tts_onnx.errors import (
     InvalidInputError,
     PocketTTSOnnxError,
     QueueFullError,
-    TimestampsUnavailableError,
 )
 from pocket_tts_onnx.runtime.admission import Admission
 from pocket_tts_onnx.runtime.core import GenerationCore
@@ -105,17 +104,15 @@ class BatchScheduler(Admission):
         self._thread.start()
 
     # ------------------------------------------------------------------ public
-    def submit(
-        self, text: str, voice=None, config=None, *, timestamps: bool = False, **params
-    ) -> BatchStream:
+    def submit(self, text: str, voice=None, config=None, **params) -> BatchStream:
         """Queue `text` for synthesis; `config` and `params` as `PocketTTSOnnx.stream`.
-        `timestamps`: AudioChunks carry word events (the text is chunked whole first)."""
+        With `timestamps`, AudioChunks carry word events (the text is chunked whole first)."""
         config = self.core.config(config, **params)
         start = self.core.resolve_voice(voice)
         chunks = self.core.chunks(text)
         units = None
-        if timestamps is not False:
-            chunks, units = self.core.word_units(text, chunks, timestamps)
+        if config.timestamps:
+            chunks, units = self.core.word_units(text, chunks)
         first = next(chunks)
         self._check_chunk(first)
         request = Request(TextSource(first, chunks), start, config, self._rng(config))
@@ -123,26 +120,23 @@ class BatchScheduler(Admission):
         self._enqueue(request)
         return BatchStream(request, self._wake)
 
-    def open_stream(
-        self, voice=None, config=None, *, timestamps: bool = False, **params
-    ) -> TextStream:
-        """A stream whose text is written while it is spoken (`write`, then `end`)."""
-        if timestamps is not False:
-            raise TimestampsUnavailableError(
-                "timestamps: text streams (open_stream) have no word timestamps yet; "
-                "use stream() with the whole text",
-                param="timestamps",
-            )
+    def open_stream(self, voice=None, config=None, **params) -> TextStream:
+        """A stream whose text is written while it is spoken (`write`, then `end`); with
+        `timestamps`, word offsets count from the start of everything written."""
         config = self.core.config(config, **params)
         start = self.core.resolve_voice(voice)
         source = FeedSource(self.core.feed())
         request = Request(source, start, config, self._rng(config))
+        words = None
+        if config.timestamps:
+            request.units, words = collections.deque(), self.core.feed_words()
         request.parked = True
         with self._lock:
             self._check_open()
             self._parked.add(request)
             self.counts["submitted"] += 1
         writer = FeedWriter(source, self._check_chunk, lambda: self._offer(request))
+        writer.words = None if words is None else (words, request.units)
         return TextStream(request, self._wake, writer)
 
     @property

@@ -5,7 +5,7 @@ flags, the HTTP request models and the Wyoming server all derive their parameter
 `PARAMETERS` (built from this dataclass's fields), so a parameter added here reaches every
 front end, with the same limits everywhere. The config is frozen, so one validated in the
 caller's thread cannot change while the scheduler uses it. numpy scalars are accepted and
-stored as Python numbers; bool is never a number here.
+stored as Python numbers; bool is never a number here, and only a bool is a switch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field, fields
+
+import numpy as np
 
 from pocket_tts_onnx.errors import InvalidInputError
 from pocket_tts_onnx.manifest import Manifest
@@ -35,7 +37,7 @@ class Param:
     """One generation parameter as every front end sees it."""
 
     name: str
-    kind: type  # int or float
+    kind: type  # int, float or bool (a switch)
     help: str
     minimum: float | None = None
     maximum: float | None = None
@@ -60,6 +62,12 @@ class Param:
         """The value as a Python int/float, or InvalidInputError naming this parameter."""
         if value is None and self.optional:
             return None
+        if self.kind is bool:
+            if isinstance(value, (bool, np.bool_)):
+                return bool(value)
+            raise InvalidInputError(
+                f"{self.name} must be true or false, got {value!r}", param=self.name
+            )
         number_ok = _is_int(value) if self.kind is int else _is_real(value)
         ok = number_ok and not (self.kind is float and math.isnan(value))
         if ok and self.minimum is not None:
@@ -174,6 +182,14 @@ class GenerationConfig:
             maximum=250,
         ),
     )
+    timestamps: bool = field(
+        default=False,
+        metadata=_meta(
+            bool,
+            "word timestamps: audio chunks carry each word's start and end (bundles exported "
+            "with timestamp heads)",
+        ),
+    )
 
     def __post_init__(self) -> None:
         for p in PARAMETERS:
@@ -219,7 +235,17 @@ NAMES = tuple(p.name for p in PARAMETERS)
 
 def parse_param(param: Param, text: str):
     """A parameter from text (CLI flags, form fields): int or float ('inf' allowed for
-    floats), typed errors naming the parameter; range checks happen in GenerationConfig."""
+    floats), true/false for switches; typed errors naming the parameter; range checks happen
+    in GenerationConfig."""
+    if param.kind is bool:
+        word = text.strip().lower() if isinstance(text, str) else None
+        if word in ("true", "1"):
+            return True
+        if word in ("false", "0"):
+            return False
+        raise InvalidInputError(
+            f"{param.name} must be true or false, got {text!r}", param=param.name
+        )
     try:
         return param.kind(text) if param.kind is float else int(text, 10)
     except (TypeError, ValueError):

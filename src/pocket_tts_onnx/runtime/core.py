@@ -22,7 +22,7 @@ from pocket_tts_onnx.runtime.sampling import FlowSampler
 from pocket_tts_onnx.runtime.timestamps import TextTiming
 from pocket_tts_onnx.text import TextChunk, iter_chunk_tokens
 from pocket_tts_onnx.text_feed import SentenceFeed
-from pocket_tts_onnx.word_units import ChunkUnits, map_chunks
+from pocket_tts_onnx.word_units import ChunkUnits, FeedWords, map_chunks
 
 __all__ = ["CORE_GRAPHS", "GenerationCore"]
 
@@ -70,22 +70,26 @@ class GenerationCore:
             raise InvalidInputError(f"text must be a string, got {type(text).__name__}", "text")
         return iter_chunk_tokens(text, self.tokenizer, self.manifest.text)
 
-    def word_units(self, text: str, chunks: Iterator[TextChunk], timestamps) -> tuple:
-        """(chunks, each chunk's word units) for a stream with word timestamps: the text is
-        chunked whole (words are paired across all chunks, as the fork does)."""
-        if timestamps is not True:
-            raise InvalidInputError(
-                f"timestamps must be True or False, got {timestamps!r}", param="timestamps"
-            )
+    def _check_heads(self) -> None:
         if not self.manifest.timestamp_heads:
             raise TimestampsUnavailableError(
                 "timestamps: this bundle has no word-timestamp heads; re-export it with "
                 "`pocket-tts-onnx export --timestamp-heads L3H8,L2H0` (heads of your model)",
                 param="timestamps",
             )
+
+    def word_units(self, text: str, chunks: Iterator[TextChunk]) -> tuple:
+        """(chunks, each chunk's word units) for a stream with word timestamps: the text is
+        chunked whole (words are paired across all chunks, as the fork does)."""
+        self._check_heads()
         chunks = list(chunks)
         units = map_chunks(text, [c.text for c in chunks], self.tokenizer)
         return iter(chunks), collections.deque(units)
+
+    def feed_words(self) -> FeedWords:
+        """Word units of a text stream's pieces, offsets counted over the whole text."""
+        self._check_heads()
+        return FeedWords(self.tokenizer)
 
     def text_timing(self, units: ChunkUnits, start: int, chunk: TextChunk) -> TextTiming:
         """Where `chunk`'s text sits in its K/V row (after `start` voice positions)."""

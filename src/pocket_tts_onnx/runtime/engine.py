@@ -314,15 +314,14 @@ class PocketTTSOnnx:
         voice: VoiceArg = None,
         *,
         config: GenerationConfig | None = None,
-        timestamps: bool = False,
         **params,
     ):
         """Synthesize `text`; returns mono float32 audio at `sample_rate` (with
-        `timestamps`: (audio, words), the WordEvents with their ends, in order). `params` are
+        `timestamps=True`: (audio, words), the WordEvents with their ends, in order). `params` are
         GenerationConfig fields (None = the manifest's default), on top of `config`. With a
         seed, the same call gives the same audio to the bit when it runs alone (streams from
         other threads share its model calls, which changes float rounding only)."""
-        stream = self.stream(text, voice, config=config, timestamps=timestamps, **params)
+        stream = self.stream(text, voice, config=config, **params)
         words = []
         try:
             pieces = []
@@ -332,7 +331,7 @@ class PocketTTSOnnx:
         finally:
             stream.cancel()
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-        return (audio, words) if timestamps else audio
+        return (audio, words) if stream.config.timestamps else audio
 
     def stream(
         self,
@@ -340,17 +339,16 @@ class PocketTTSOnnx:
         voice: VoiceArg = None,
         *,
         config: GenerationConfig | None = None,
-        timestamps: bool = False,
         **params,
     ) -> BatchStream:
         """Yield AudioChunks as they are made (the flow LM and Mimi run on two threads).
         `voice`: a Voice, a bundle voice name, None (the bundle's default voice, if any) or
         NO_VOICE. `params` are GenerationConfig fields (temperature, lsd_steps, eos_threshold,
-        frames_after_eos, noise_clamp, seed, max_frames, first_chunk_frames). Bad input
+        frames_after_eos, noise_clamp, seed, max_frames, first_chunk_frames, timestamps). Bad input
         raises here, in the caller's thread; `close()` (or `cancel()`) stops the stream.
         `timestamps=True`: each AudioChunk's `words` holds the WordEvents (start, then end)
         decided up to its audio; TimestampsUnavailableError if the bundle has no heads."""
-        return self._engine_scheduler().submit(text, voice, config, timestamps=timestamps, **params)
+        return self._engine_scheduler().submit(text, voice, config, **params)
 
     def open_stream(
         self, voice: VoiceArg = None, *, config: GenerationConfig | None = None, **params
@@ -358,7 +356,8 @@ class PocketTTSOnnx:
         """Speak text while it is being written (e.g. an LLM's output): `write(piece)` as it
         arrives, `end()` at the end, and iterate (or `async for`) over AudioChunks. Each
         sentence starts as soon as it is complete; each text chunk's audio is followed by an
-        AudioChunk with `end_of_text` set."""
+        AudioChunk with `end_of_text` set. With `timestamps=True`, the words' character
+        offsets count from the start of everything written."""
         return self._engine_scheduler().open_stream(voice, config, **params)
 
     def generate_batch(

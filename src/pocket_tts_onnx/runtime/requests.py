@@ -68,14 +68,25 @@ class FeedWriter:
 
     def __init__(self, source: FeedSource, check, offer):
         self._source, self._check, self._offer = source, check, offer
+        # Word timestamps: (FeedWords, the request's deque of chunk units), or None.
+        self.words = None
 
     def write(self, text: str) -> None:
         chunks = self._source.feed.write(text)
         for chunk in chunks:
             self._check(chunk)
         if chunks:
+            self._add_words(chunks)
             self._source.add(chunks)
             self._offer()
+
+    def _add_words(self, chunks: list[TextChunk]) -> None:
+        """Queue the chunks' word units before the chunks (the scheduler takes one per
+        chunk it starts)."""
+        if self.words is not None:
+            words, units = self.words
+            part, offset = self._source.feed.part
+            units.extend(words.map(part, offset, [c.text for c in chunks]))
 
     def end(self) -> None:
         try:
@@ -84,6 +95,7 @@ class FeedWriter:
             self._source.add([], e)
             self._offer()
             raise
+        self._add_words(chunks)
         self._source.add(chunks)
         self._offer()
 

@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from pocket_tts_onnx.runtime.encoding import supported_formats
+from pocket_tts_onnx.serve.captions import router as captions_router
 from pocket_tts_onnx.serve.limits import ServeConfig
 from pocket_tts_onnx.serve.plumbing import (
     ApiError,
@@ -89,6 +90,7 @@ def create_app(
         body_timeout_s=config.body_timeout_s,
     )
     app.include_router(speech_router)
+    app.include_router(captions_router)
     app.include_router(websocket_router)
 
     @app.get("/health")
@@ -145,7 +147,8 @@ def _mount_web(app: FastAPI, bundle: Path, dist: Path | None) -> None:
     async def no_page():
         return (
             "<!doctype html><title>pocket-tts-onnx</title><h1>pocket-tts-onnx serve</h1>"
-            "<p>The API is up (POST /v1/audio/speech, POST /tts, GET /v1/voices, GET /health)."
+            "<p>The API is up (POST /v1/audio/speech, POST /tts, POST /dev/captioned_speech, "
+            "GET /v1/voices, GET /health)."
             "</p><p>The web demo is not built: run <code>npm ci --prefix web &amp;&amp; npm "
             "--prefix web run build</code> and restart (or pass <code>--web-dist</code>).</p>"
         )
@@ -154,7 +157,11 @@ def _mount_web(app: FastAPI, bundle: Path, dist: Path | None) -> None:
 def _method_not_allowed(app: FastAPI) -> None:
     """405 for another method on an API route. Without this a GET /tts falls through to the
     page mounted at / and gets 404, which hides that the route exists."""
-    for route in [*speech_router.routes, *app.routes]:  # included routers are not expanded
+    for route in [
+        *speech_router.routes,
+        *captions_router.routes,
+        *app.routes,
+    ]:  # included routers are not expanded
         methods = getattr(route, "methods", None)
         if not methods or not isinstance(route, APIRoute):
             continue

@@ -8,6 +8,13 @@ and voice-agent toolkits already speak, so their clients need only the URL chang
   spoken as soon as it is complete.
 - server: `{"audio": "<base64 16-bit little-endian mono PCM>", "isFinal": false}` as each
   piece is decoded, then `{"isFinal": true}` and close 1000.
+- word timings: with `"timestamps": true` in `generation_config`, a message also carries
+  `"alignment"` for the words that ended up to its audio. ElevenLabs' alignment is per
+  character (`chars`, `charStartTimesMs`, `charDurationsMs`); ours is per word, with the
+  same naming: `{"words", "wordStartTimesMs", "wordDurationsMs", "charStarts", "charEnds"}`,
+  times from the stream's start, `charStarts`/`charEnds` offsets into all the text sent.
+  The model's attention locates words, not characters, so per-character times would be
+  invented. A last word may come in a message whose `audio` is empty.
 Base64 in JSON (not binary frames) because that is the convention's shape; at 24 kHz the
 33 % overhead is 16 kB/s. `output_format` may only name the model's own `pcm_<rate>`.
 
@@ -31,6 +38,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError, QueueFullError
 from pocket_tts_onnx.runtime.encoding import pcm16
+from pocket_tts_onnx.serve.streaming import word_timings
 
 logger = logging.getLogger("pocket_tts_onnx.serve")
 router = APIRouter()
@@ -158,9 +166,13 @@ class _Session:
         try:
             if self.feed is not None:
                 async for chunk in self.feed:
-                    if chunk.samples.shape[0]:
+                    words = word_timings(chunk.words)
+                    if chunk.samples.shape[0] or words:
                         audio = base64.b64encode(pcm16(chunk.samples)).decode()
-                        await self.ws.send_text(json.dumps({"audio": audio, "isFinal": False}))
+                        message = {"audio": audio, "isFinal": False}
+                        if words:
+                            message["alignment"] = _alignment(words)
+                        await self.ws.send_text(json.dumps(message))
             await self.ws.send_text(json.dumps({"isFinal": True}))
         except PocketTTSOnnxError as e:
             self.finish(_refusal(e, generating=True))
@@ -179,6 +191,16 @@ def _refusal(e: PocketTTSOnnxError, generating: bool = False) -> Refusal:
     if isinstance(e, InvalidInputError) and not generating:
         return Refusal(1008, str(e), "invalid_value", e.param)
     return Refusal(1011, str(e), "generation_failed")
+
+
+def _alignment(words: list[dict]) -> dict:
+    return {
+        "words": [w["word"] for w in words],
+        "wordStartTimesMs": [round(1000 * w["start_time"]) for w in words],
+        "wordDurationsMs": [round(1000 * (w["end_time"] - w["start_time"])) for w in words],
+        "charStarts": [w["char_start"] for w in words],
+        "charEnds": [w["char_end"] for w in words],
+    }
 
 
 def _reason(text: str) -> str:

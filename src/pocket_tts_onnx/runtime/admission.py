@@ -150,7 +150,7 @@ class Admission:
         fails, one row at a time, so only rows that fail alone end."""
         first = len(self._active)
         try:
-            self._lm.prompt_rows(first, [p.embeddings for p in ready])
+            self._prompt_halves(first, [p.embeddings for p in ready])
             failed: dict[int, BaseException] = {}
         except Exception:
             failed = {}
@@ -183,6 +183,23 @@ class Admission:
             request.sequence = np.full((1, 1, core.manifest.latent_dim), np.nan, np.float32)
             self._active.append(request)
             self._decoder.join(request)
+
+    def _prompt_halves(self, first: int, embeddings: list) -> None:
+        """Prompts of several new rows as two shards, one on the prompt thread: when many
+        requests arrive together, their prompts are the work before anyone's first audio,
+        and the second core would otherwise wait."""
+        if self._prompt_pool is None or len(embeddings) < 2:
+            self._lm.prompt_rows(first, embeddings)
+            return
+        longest = max(e.shape[1] for e in embeddings)
+        rows = slice(first, first + len(embeddings))
+        self._lm.buffers.reserve(int(self._lm.buffers.positions[rows].max()) + longest)
+        half = len(embeddings) // 2  # disjoint rows: the two calls never touch the same data
+        other = self._prompt_pool.submit(self._lm.prompt_rows, first + half, embeddings[half:])
+        try:
+            self._lm.prompt_rows(first, embeddings[:half])
+        finally:
+            other.result()
 
     def _take(self, request: Request):
         """The request's next chunk; a text stream with none yet is parked (under the lock,

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -100,6 +102,8 @@ class BatchScheduler(Admission):
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0}
         backlog = int(max_buffered_seconds * core.frame_rate)
         self._decoder = DecoderThread(core.decoder_rows(), core.sample_rate, backlog)
+        multicore = (os.cpu_count() or 1) >= 2
+        self._prompt_pool = ThreadPoolExecutor(1, "pocket-tts-prompt") if multicore else None
         self._thread = threading.Thread(target=self._run, name="pocket-tts-batch", daemon=True)
         self._thread.start()
 
@@ -249,6 +253,8 @@ class BatchScheduler(Admission):
                 else:  # nobody would deliver it
                     request.out.put(closing)
             self._decoder.close()
+            if self._prompt_pool is not None:
+                self._prompt_pool.shutdown(wait=False)
 
     def _remove(self, row: int, error: BaseException | None) -> None:
         """Take `row` out of the batch (the last row moves into its place); the request

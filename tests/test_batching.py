@@ -248,13 +248,15 @@ def test_kv_memory_follows_the_rows_that_need_it(fp32):
 
     with BatchScheduler(fp32, max_streams=2) as scheduler:
         long = scheduler.submit(ONE_CHUNK, NO_VOICE, eos_threshold=float("inf"), max_frames=3000)
-        next(long)
+        assert stats(scheduler, "kv_capacity") <= 512  # room grows with use, not the worst case
+        for _, _chunk in zip(range(900), long, strict=False):
+            pass  # 900 frames made: the long row's K/V has grown
+        assert stats(scheduler, "kv_capacity") >= 900
         short = scheduler.submit(ONE_CHUNK, NO_VOICE, eos_threshold=float("inf"), max_frames=40)
         next(short)
-        assert stats(scheduler, "kv_capacity") >= 3000
         long.cancel()
         deadline = time.monotonic() + 10
-        while stats(scheduler, "kv_capacity") >= 3000 and time.monotonic() < deadline:
+        while stats(scheduler, "kv_capacity") >= 900 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert stats(scheduler, "kv_capacity") < 512  # the long stream's room came back
         _collect(short)

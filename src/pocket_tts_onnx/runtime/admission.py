@@ -26,6 +26,9 @@ __all__ = ["Admission"]
 
 logger = logging.getLogger(__name__)
 
+# Frames a new row has room for before its K/V capacity first doubles.
+FIRST_FRAMES_ROOM = 256
+
 
 def _release_memory() -> None:
     """Give freed heap pages back to the OS (glibc keeps them otherwise)."""
@@ -126,10 +129,14 @@ class Admission:
             buffers = self._lm.buffers
             rows = min(self.max_streams, max(row + 1, 2 * buffers.rows))
             self._lm.limit = max([need] + [r.need for r in self._active] + [p.need for p in ready])
+            # Capacity follows the positions in use (a step reads the whole capacity, masked,
+            # so room for a neighbour's worst case would slow every row): the prompt and a
+            # first stretch of frames now, doubling later, never past the widest `need`.
+            start = min(need, filled + len(chunk.token_ids) + FIRST_FRAMES_ROOM)
             if row == 0:  # alone: the same buffers every time (bit-identical audio)
-                buffers.reset(rows, need)
-            else:  # room for the widest row's worst case, allocated once
-                buffers.reserve(self._lm.limit, rows=rows, limit=self._lm.limit)
+                buffers.reset(rows, start)
+            else:
+                buffers.reserve(start, rows=rows, limit=self._lm.limit)
             self._lm.load(row, request.start)
             ready.append(_Ready(request, chunk, self.core.embed(chunk), filled, need))
             return True

@@ -292,12 +292,17 @@ def test_scheduler_matches_the_protocol_and_the_core_has_no_cycle(fp32):
     import ast
     from pathlib import Path
 
-    from pocket_tts_onnx.runtime.streams import Scheduler
+    from pocket_tts_onnx.runtime.streams import AudioStream, Scheduler
     from pocket_tts_onnx.serve.scheduler import SupervisedScheduler
 
     supervised = SupervisedScheduler(lambda: BatchScheduler(fp32, max_streams=1))
     with BatchScheduler(fp32, max_streams=1) as scheduler:
         assert isinstance(scheduler, Scheduler) and isinstance(supervised, Scheduler)
+        stream = scheduler.submit(ONE_CHUNK, NO_VOICE, max_frames=2)
+        text_stream = scheduler.open_stream(NO_VOICE)
+        assert isinstance(stream, AudioStream) and isinstance(text_stream, AudioStream)
+        stream.cancel()
+        text_stream.cancel()
     supervised.close()
     root = Path(__file__).resolve().parents[1] / "src" / "pocket_tts_onnx" / "runtime"
     graph = {}

@@ -105,4 +105,18 @@ def test_async_reading_and_bad_use(tts):
     abandoned = tts.open_stream()
     abandoned.write("Nobody reads this. ")
     abandoned.cancel()
+    with pytest.raises(InvalidInputError, match="cancelled"):
+        abandoned.write("More text nobody would speak. ")
     list(abandoned)  # ends at once (no hang), with at most the audio made before the cancel
+
+
+def test_a_long_word_written_piece_by_piece_is_not_retokenized_each_time(tts, monkeypatch):
+    from pocket_tts_onnx.text_feed import SentenceFeed
+
+    calls = []
+    real = tts.tokenizer.encode
+    monkeypatch.setattr(tts.tokenizer, "encode", lambda text: calls.append(len(text)) or real(text))
+    feed = SentenceFeed(tts.tokenizer, tts.manifest.text)
+    for _ in range(2000):
+        assert feed.write("x") == []
+    assert calls == []  # nothing to cut at yet: no work per piece

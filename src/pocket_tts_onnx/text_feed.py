@@ -90,6 +90,8 @@ class SentenceFeed:
         its last clause mark, else its last space (0: keep waiting)."""
         buffer = self._buffer
         limit = self._rules.max_tokens_per_chunk
+        if not any(ch.isspace() for ch in buffer.strip()):
+            return 0  # one word so far: nothing to cut at (and no re-tokenizing per piece)
         if len(buffer) < limit or len(self._tokenizer.encode(buffer.strip())) <= limit:
             return 0
         spaces = [i for i, ch in enumerate(buffer) if ch.isspace() and i > 0]

@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pocket_tts_onnx.errors import InvalidInputError
 from pocket_tts_onnx.runtime.config import GenerationConfig
 
 __all__ = ["AudioChunk", "AudioStream", "BatchStream", "Channel", "Scheduler", "TextStream"]
@@ -149,7 +150,10 @@ class TextStream(BatchStream):
         self._feed = feed
 
     def write(self, text: str) -> None:
-        """Add text; raises InvalidInputError (param "text") for a non-string or after end()."""
+        """Add text; raises InvalidInputError (param "text") for a non-string, after end(),
+        or once the stream was cancelled (nothing would speak it)."""
+        if self._request.cancelled.is_set():
+            raise InvalidInputError("write() on a cancelled stream: open a new one", "text")
         self._feed.write(text)
 
     def end(self) -> None:

@@ -164,6 +164,16 @@ def lsd_bundle(bundles) -> FamilyBundle:
     return bundles["lsd"]
 
 
+@pytest.fixture(scope="module")
+def lsd_bundle_copy(tmp_path_factory, lsd_bundle) -> Path:
+    """A copy of the lsd bundle that a module's tests may damage."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("damaged") / "bundle"
+    shutil.copytree(lsd_bundle.bundle, copy)
+    return copy
+
+
 @pytest.fixture()
 def voice_audio() -> np.ndarray:
     """Two seconds of speech-like noise bursts at 24 kHz ending in a pause."""

@@ -6,7 +6,6 @@ the web server reports a busy port and ignores clients that go away."""
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
 import struct
 import subprocess
@@ -222,11 +221,8 @@ def test_serve_client_disconnect_has_no_traceback(fake_bundle):
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, lsd_bundle):
-    """A copy of the lsd bundle that tests may damage."""
-    copy = tmp_path_factory.mktemp("damaged") / "bundle"
-    shutil.copytree(lsd_bundle.bundle, copy)
-    return copy
+def bundle(lsd_bundle_copy):
+    return lsd_bundle_copy
 
 
 def test_out_inside_the_bundle_is_refused(bundle, capsys):

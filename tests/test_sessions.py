@@ -14,11 +14,8 @@ from pocket_tts_onnx import (
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, lsd_bundle):
-    """A copy of the lsd bundle that tests may damage."""
-    copy = tmp_path_factory.mktemp("damaged") / "bundle"
-    shutil.copytree(lsd_bundle.bundle, copy)
-    return copy
+def bundle(lsd_bundle_copy):
+    return lsd_bundle_copy
 
 
 def test_bundle_damage_is_caught_at_load(bundle, tmp_path):

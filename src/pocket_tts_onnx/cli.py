@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pocket_tts_onnx.cli_options import (
+    add_bundle_argument,
     add_engine_arguments,
     add_generation_arguments,
     generation_overrides,
@@ -83,9 +84,6 @@ def _export_parser(sub) -> None:
     )
 
 
-_BUNDLE_HELP = "bundle directory written by export (default: onnx)"
-
-
 def _say_parser(sub) -> None:
     p = sub.add_parser("say", help="synthesize speech to an audio file")
     p.add_argument("text", nargs="?", help="text to speak ('-' or omitted: stdin)")
@@ -139,7 +137,7 @@ def _voice_parser(sub) -> None:
 
 def _voices_parser(sub) -> None:
     p = sub.add_parser("voices", help="list the voices shipped in a bundle")
-    p.add_argument("--bundle", type=Path, default=Path("onnx"), help=_BUNDLE_HELP)
+    add_bundle_argument(p)
 
 
 def _bench_parser(sub) -> None:

@@ -11,19 +11,28 @@ from pathlib import Path
 
 from pocket_tts_onnx.runtime.config import PARAMETERS, parse_param
 
-__all__ = ["add_engine_arguments", "add_generation_arguments", "generation_overrides"]
+__all__ = [
+    "add_bundle_argument",
+    "add_engine_arguments",
+    "add_generation_arguments",
+    "generation_overrides",
+]
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser, threads: bool = True) -> None:
-    """--bundle, --precision (and --threads): how every command that loads an engine opens
-    the bundle. One precision default everywhere, the API's: `voice` then computes exactly
-    the states `say --voice ref.wav` computes on the fly."""
+def add_bundle_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bundle",
         type=Path,
         default=Path("onnx"),
         help="bundle directory written by export (default: onnx)",
     )
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, threads: bool = True) -> None:
+    """--bundle, --precision (and --threads): how every command that loads an engine opens
+    the bundle. One precision default everywhere, the API's: `voice` then computes exactly
+    the states `say --voice ref.wav` computes on the fly."""
+    add_bundle_argument(parser)
     parser.add_argument(
         "--precision",
         choices=["int8", "fp32"],

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pocket_tts_onnx.errors import BundleError, InvalidInputError, VoiceError
+from pocket_tts_onnx.errors import BundleError, InvalidInputError, PocketTTSOnnxError, VoiceError
 from pocket_tts_onnx.manifest import PRECISIONS, Manifest, resolve_in_bundle
 from pocket_tts_onnx.runtime.audio import prepare_voice_audio, read_audio
 from pocket_tts_onnx.runtime.batching import BatchScheduler
@@ -105,9 +105,17 @@ class PocketTTSOnnx:
         # The core reaches the voice catalog through a weak reference: the scheduler threads
         # hold the core, and must not keep an unused engine (and themselves) alive.
         start_state = weakref.WeakMethod(self._start_state)
-        self._core = GenerationCore(
-            manifest, self._graphs, tokenizer, lambda voice: start_state()(voice)
-        )
+
+        def resolve_voice(voice):
+            method = start_state()
+            if method is None:
+                raise PocketTTSOnnxError(
+                    "the PocketTTSOnnx this scheduler was built from is gone: keep a "
+                    "reference to it while its core is in use"
+                )
+            return method(voice)
+
+        self._core = GenerationCore(manifest, self._graphs, tokenizer, resolve_voice)
         self.model_id = manifest.model_id
         self._voices = VoiceCatalog(
             manifest,

@@ -66,7 +66,15 @@ export class PocketTTS {
     const sessions = {};
     const step = manifest.graphs.flow_lm_step;
     if (fastKv && step?.files?.[precision] && step.buffers?.length) {
-      graphs = graphs.map((g) => (g === "flow_lm_main" ? "flow_lm_step" : g));
+      // KVCache holds float32 rows: a step graph exported with `--kv-dtype fp16` is left out
+      // and the contract graph flow_lm_main (float32 states) runs instead.
+      const other = step.buffers.find((b) => b.dtype !== "float32");
+      if (other) {
+        onProgress(`flow_lm_step stores K/V as ${other.dtype}, which this runtime does not ` +
+          "read: running flow_lm_main instead");
+      } else {
+        graphs = graphs.map((g) => (g === "flow_lm_main" ? "flow_lm_step" : g));
+      }
     }
     const fetched = new Map(); // file -> bytes: a file two graphs read is fetched once
     const fetchOnce = (file, entry, what) => {

@@ -383,6 +383,85 @@ def test_js_tokenizer_json_from_sentencepiece_matches_python(converted_tokenizer
     ]
 
 
+# ------------------------------------------------------------------------------ word units
+
+
+def _utf16(text: str, i: int) -> int:
+    """JS string index of Python character offset `i`."""
+    return len(text[:i].encode("utf-16-le")) // 2
+
+
+def _python_units(text: str, tokenizer, rules) -> dict:
+    from pocket_tts_onnx.errors import InvalidInputError
+    from pocket_tts_onnx.text import text_to_chunk_tokens
+    from pocket_tts_onnx.word_units import map_chunks, source_words
+
+    raw = [list(s) for s in tokenizer.piece_spans(text)[0]]
+    try:
+        chunks = text_to_chunk_tokens(text, tokenizer, rules)
+    except InvalidInputError:
+        return {"raw": raw, "error": True}
+    units = map_chunks(text, [c.text for c in chunks], tokenizer)
+    out = []
+    for chunk, cu in zip(chunks, units, strict=True):
+        spans, in_bytes = tokenizer.piece_spans(chunk.text)
+        at = lambda i, t=chunk.text: _utf16(t, i)  # noqa: E731
+        out.append(
+            {
+                "spans": [list(s) for s in spans],
+                "inBytes": in_bytes,
+                "units": [
+                    [at(u.begin), at(u.end), u.word.index if u.word else -1, u.synthetic]
+                    for u in cu.units
+                ],
+                "matrix": cu.token_to_unit.ravel().tolist(),
+            }
+        )
+    words = [[_utf16(text, w.begin), _utf16(text, w.end)] for w in source_words(text)]
+    return {"raw": raw, "words": words, "chunks": out}
+
+
+def test_js_word_units_match_python(tokenizer_cases, converted_tokenizers, tmp_path):
+    """Word timestamps locate words the same way in JS: the same source words, chunk units
+    (offsets as JS string indices), token spans and token-to-unit shares as `map_chunks`, on
+    the corpus and unicode-heavy strings, for SentencePiece models and tokenizer.json files
+    converted from them (the families the browser gives timestamps for). The token spans of
+    each raw text are compared too: chunk texts are decoded tokens, mostly normalized
+    already, so only raw text exercises the normalizers' alignments."""
+    from pocket_tts_onnx.runtime.tokenizer import load_tokenizer
+    from pocket_tts_onnx.text import TextRules
+
+    tokenizers = [(p, k) for label, k, p in tokenizer_cases if label != "hf_bpe"]
+    tokenizers += [(p, "tokenizers") for _, p in converted_tokenizers]
+    texts = [t for t in _CORPUS if len(t) < 2000] + _unicode_corpus(150)
+    rule_sets = [
+        TextRules(replace_characters={"‘": "'", "’": "'"}),
+        TextRules(capitalize_first_letter=False, max_tokens_per_chunk=20),
+    ]
+    cases = [
+        {"tokenizer": path, "kind": kind, "rules": r.to_dict(), "texts": texts}
+        for path, kind in tokenizers
+        for r in rule_sets
+    ]
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    js = _node("word-units.mjs", str(tmp_path / "cases.json"), timeout=300)
+    mismatches, compared, units = [], 0, 0
+    for case, results in zip(cases, js, strict=True):
+        tokenizer = load_tokenizer(case["tokenizer"], case["kind"])
+        rules = TextRules.from_dict(case["rules"])
+        for text, got in zip(texts, results, strict=True):
+            want = _python_units(text, tokenizer, rules)
+            got = {**got, "error": True} if "error" in got else got
+            compared += 1
+            units += sum(len(c["units"]) for c in want.get("chunks", []))
+            if got != want:
+                mismatches.append((Path(case["tokenizer"]).name, text, want, got))
+    assert units > 3 * compared  # the texts have words and marks: something was located
+    assert not mismatches, f"{len(mismatches)} of {compared} differ; first: {mismatches[0]!r}"[
+        :4000
+    ]
+
+
 # ------------------------------------------------------------------------------ build
 
 

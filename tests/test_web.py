@@ -1087,6 +1087,35 @@ def test_page_voice_npz_matches_python(page, engine, voice_files):
 
 
 @needs_browser
+def test_page_highlights_the_spoken_word(page, engine):
+    """With "Word timestamps" checked (enabled: the bundle has heads), the page shows the
+    text with one span per word and highlights a word while the audio plays; the events it
+    got through the decoder worker are the Python engine's, and the audio is unchanged."""
+    from pocket_tts_onnx.word_units import source_words
+
+    assert page["timestampsEnabled"]
+    run = page["runs"]["timestamps"]
+    _assert_close(
+        _samples(page, "timestamps"), engine.generate(LONG_TEXT, _no_voice(), temperature=0.0)
+    )
+    words = [w.text for w in source_words(LONG_TEXT)]
+    assert run["spans"] == words
+    assert run["highlight"] in words, run["highlight"]
+    events = [
+        w
+        for c in engine.stream(LONG_TEXT, _no_voice(), timestamps=True, temperature=0.0)
+        for w in c.words
+    ]
+    got = [
+        [w["text"], w["index"], w["charStart"], w["charEnd"], w["start"], w["end"]]
+        for w in run["words"]
+    ]
+    _same_words(got, _word_rows(LONG_TEXT, events))
+    # Only words the events timed were highlighted (on the playback clock).
+    assert run["highlighted"] and set(run["highlighted"]) <= {w.index for w in events}
+
+
+@needs_browser
 def test_page_shows_readable_errors(page):
     empty = page["runs"]["empty"]
     assert "empty" in empty["error"] and empty["stats"] is None
@@ -1168,6 +1197,6 @@ def test_page_speed_options_keep_the_samples(server, engine, bundle, tmp_path):
 
 @needs_browser
 def test_page_screenshots(page):
-    for name in ("demo.png", "demo-error.png", "demo-phone.png"):
+    for name in ("demo.png", "demo-error.png", "demo-phone.png", "demo-words.png"):
         data = (OUTPUT / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000

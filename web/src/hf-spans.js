@@ -177,7 +177,8 @@ export class TokenizerJsonSpans {
     const pieces = [];
     const spans = [];
     for (const [start, end] of this.preTokenize(s)) {
-      for (const [piece, begin, stop] of this.unigram.tokenize(s.chars.slice(start, end).join(""))) {
+      const token = s.chars.slice(start, end).join("");
+      for (const [piece, begin, stop] of this.unigram.tokenize(token)) {
         pieces.push(piece);
         spans.push([s.align[start + begin][0], s.align[start + stop - 1][1]]);
       }

@@ -384,8 +384,10 @@ export class PocketTTS {
       const info = { textChunkIndex: index, textChunk: chunk.text };
       let first = true;
       const chunkUnits = units?.[index] ?? null;
-      for await (const { latent, scores } of this._chunkLatents(chunk, start, p, rng, chunkUnits)) {
-        yield { ...info, first, latent, scores, ...(first && chunkUnits ? { units: chunkUnits } : {}) };
+      const latents = this._chunkLatents(chunk, start, p, rng, chunkUnits);
+      for await (const { latent, scores } of latents) {
+        const event = { ...info, first, latent, scores };
+        yield first && chunkUnits ? { ...event, units: chunkUnits } : event;
         first = false;
       }
       yield { ...info, first: false, latent: null, scores: null };
@@ -452,9 +454,7 @@ export class PocketTTS {
     const lm = this._begin(startState); // a fresh copy of the voice state per text chunk
     const textStart = lm.position;
     await this._flowLm(lm, this._emptySequence(), embeddings);
-    const timing = units
-      ? new TextTiming(units, m.timestamps.heads, textStart, lm.position)
-      : null;
+    const timing = units ? new TextTiming(units, m.timestamps.heads, textStart, lm.position) : null;
     const L = m.latent_dim;
     let sequence = new ort.Tensor("float32", new Float32Array(L).fill(NaN), [1, 1, L]);
     const noText = new ort.Tensor("float32", new Float32Array(0), [1, 0, m.d_model]);

@@ -350,7 +350,9 @@ export class SentencePieceUnigram {
     for (const [start, end, id] of this.viterbi(norm)) {
       const unk = id === this.unkId;
       if (unk && this.m.byteFallback) {
-        for (let i = start; i < end; i++) out.push([start, end, this.byteIds.get(norm[i]), i + 1 === end]);
+        for (let i = start; i < end; i++) {
+          out.push([start, end, this.byteIds.get(norm[i]), i + 1 === end]);
+        }
       } else if (prevUnk && unk) {
         out[out.length - 1][1] = end;
       } else {
@@ -374,7 +376,8 @@ export class SentencePieceUnigram {
       const begin = toOriginal[start];
       return [begin, last ? toOriginal[end] : begin];
     });
-    return { spans: wholeScalars(spans, pieces.map((p) => this.pieces[p[2]].piece)), inBytes: true };
+    const names = pieces.map((p) => this.pieces[p[2]].piece);
+    return { spans: wholeScalars(spans, names), inBytes: true };
   }
 
   decode(ids) {

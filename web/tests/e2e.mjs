@@ -127,7 +127,8 @@ try {
   await synthesize("default", plan.text);
   await page.screenshot({ path: plan.screenshot, fullPage: true });
   await synthesize("long", plan.longText);
-  await synthesize("timestamps", plan.longText, { temperature: "0", lsd: null, seed: "", timestamps: true });
+  const withWords = { temperature: "0", lsd: null, seed: "", timestamps: true };
+  await synthesize("timestamps", plan.longText, withWords);
   // Non-zero temperature and several LSD steps: exercises the noise and solver paths.
   await synthesize("sampled", plan.text, { temperature: "0.7", lsd: "3", seed: "7" });
   await page.fill("#lsd-steps", "1");

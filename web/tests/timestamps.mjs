@@ -13,7 +13,8 @@ import { isVoiced, TextTiming, WordAligner } from "../src/timestamps.js";
 const cases = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const aligner = cases.aligner.map(({ units, frames, finish }) => {
   const a = new WordAligner({ units });
-  const events = frames.flatMap(({ scores, voiced, t }) => a.frame(Float32Array.from(scores), voiced, t));
+  const events = frames.flatMap(({ scores, voiced, t }) =>
+    a.frame(Float32Array.from(scores), voiced, t));
   return [...events, ...a.finish(finish)];
 });
 const voiced = cases.voiced.map((samples) => isVoiced(Float32Array.from(samples)));

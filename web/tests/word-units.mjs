@@ -35,7 +35,8 @@ for (const { tokenizer: path, kind, rules, texts } of cases) {
           return {
             spans,
             inBytes,
-            units: units[i].units.map((u) => [u.begin, u.end, u.word ? u.word.index : -1, u.synthetic]),
+            units: units[i].units.map((u) =>
+              [u.begin, u.end, u.word ? u.word.index : -1, u.synthetic]),
             matrix: Array.from(units[i].tokenToUnit),
           };
         }),

@@ -2,12 +2,16 @@
 // Python engine's stream() overlaps them in two threads. Latents arrive on a MessagePort
 // from the engine worker; audio chunks go to the page. Like the Python consumer, a text
 // chunk's first audio waits for `firstChunkFrames` latents, later calls take whatever is
-// ready (at most max_decode_frames per Mimi call, see decoder.js).
+// ready (at most max_decode_frames per Mimi call, see decoder.js). With word timestamps the
+// latents come with their scores and the word events are decided here, where the audio is
+// (timestamps.js WordTimeline), and sent with the chunks.
 //
-// Messages in (page): load, stop, "engine-port". Out: loaded, chunk, done, error.
+// Messages in (page): load, stop, "engine-port". Out: loaded, chunk ({samples,
+// textChunkIndex, words}), done, error.
 
 import { maxDecodeFrames } from "./decoder.js";
 import { ort, PocketTTS } from "./pocket-tts.js";
+import { WordTimeline } from "./timestamps.js";
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
 
@@ -15,7 +19,7 @@ let tts = null;
 let pending = []; // latent/end events not decoded yet
 let running = false;
 const stopped = new Set(); // ids of stopped syntheses
-let job = null; // {id, decoder, block, need, index, firstFrames}
+let job = null; // {id, decoder, block, scores, need, index, firstFrames, timeline}
 let minFrames = 1; // latents per Mimi call after the first chunk (the page's dmin)
 
 const breathe = () =>
@@ -25,15 +29,18 @@ const breathe = () =>
     channel.port2.postMessage(null);
   });
 
-function send(samples, id, textChunkIndex) {
+function send(samples, id, textChunkIndex, words) {
   const out = samples.slice(); // ours to transfer: ORT may still own the original
-  postMessage({ type: "chunk", id, samples: out, textChunkIndex }, [out.buffer]);
+  postMessage({ type: "chunk", id, samples: out, textChunkIndex, words }, [out.buffer]);
 }
 
 async function flush() {
   if (job.block.length) {
-    send(await job.decoder.decode(job.block), job.id, job.index);
+    const samples = await job.decoder.decode(job.block);
+    const words = job.timeline ? job.timeline.frames(samples, job.scores) : [];
+    send(samples, job.id, job.index, words);
     job.block = [];
+    job.scores = [];
     job.need = Math.min(minFrames, maxDecodeFrames(tts.manifest));
   }
 }
@@ -54,7 +61,11 @@ async function drain() {
         if (e.type === "start") {
           tts.profile = {};
           const first = e.firstChunkFrames;
-          job = { id: e.id, decoder: null, block: [], need: first, index: 0, firstFrames: first };
+          const timeline = e.timestamps ? new WordTimeline(tts.sampleRate) : null;
+          job = {
+            id: e.id, decoder: null, block: [], scores: [], need: first, index: 0,
+            firstFrames: first, timeline,
+          };
         } else if (!job || job.id !== e.id) {
           continue; // a synthesis this worker was told to drop
         } else if (e.type === "end") {
@@ -63,14 +74,18 @@ async function drain() {
           job = null;
         } else if (e.latent === null) {
           await flush();
+          const words = job.timeline ? job.timeline.endChunk() : [];
+          if (words.length) send(new Float32Array(0), job.id, job.index, words);
         } else {
           if (e.first) {
             await flush();
             job.decoder = tts.newDecoder();
             job.need = job.firstFrames;
             job.index = e.textChunkIndex;
+            job.timeline?.beginChunk(e.units);
           }
           job.block.push(e.latent);
+          job.scores.push(e.scores);
         }
       }
       if (job && job.block.length && job.block.length >= job.need) await flush();

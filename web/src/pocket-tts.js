@@ -7,6 +7,8 @@
 // fresh decoder state and the manifest's fade-in per chunk. States loop back by the names the
 // manifest gives, never by position. With the bundle's flow_lm_step graph the flow LM keeps
 // its K/V cache in preallocated buffers (kv-cache.js) instead of passing it whole each step.
+// With `timestamps: true` (a bundle with heads), each step's `queries` output is scored
+// against those buffers and the chunks carry word events (timestamps.js, word-units.js).
 
 import * as ort from "onnxruntime-web/wasm";
 
@@ -26,9 +28,24 @@ import { createRng } from "./rng.js";
 import { drawNoise, solveFlow } from "./sampling.js";
 import { PARAMETERS } from "./parameters.js";
 import { estimateMaxFrames, InvalidInputError, textRules, textToChunkTokens } from "./text.js";
+import {
+  NO_HEADS,
+  TextTiming,
+  TimestampsUnavailableError,
+  WordTimeline,
+} from "./timestamps.js";
 import { loadTokenizer } from "./tokenizer.js";
+import { mapChunks } from "./word-units.js";
 
-export { ort, BundleError, Decoder, GRAPH_NAMES, InvalidInputError, VoiceError };
+export {
+  ort,
+  BundleError,
+  Decoder,
+  GRAPH_NAMES,
+  InvalidInputError,
+  TimestampsUnavailableError,
+  VoiceError,
+};
 
 const TEXT_RULE_KEYS = Object.keys(textRules());
 export const VOICE_FORMAT = "pocket-tts-onnx voice v1";
@@ -156,6 +173,27 @@ export class PocketTTS {
      * contract graph flow_lm_main (whole cache in and out every step). */
     this.fastKv = "flow_lm_step" in sessions;
     this.kvSlack = KV_SLACK;
+    // flow_lm_step's outputs without `queries`: fetched when timestamps are off.
+    const stepOutputs = sessions.flow_lm_step?.outputNames ?? [];
+    this._hasQueries = stepOutputs.includes("queries");
+    this._plainOutputs = stepOutputs.filter((n) => n !== "queries");
+  }
+
+  /** Why `timestamps: true` cannot be given by this engine, or null when it can. */
+  get timestampsUnavailable() {
+    if (!this.manifest.timestamps?.heads?.length) return NO_HEADS;
+    if (!this.fastKv || !this._hasQueries) {
+      return "timestamps: word timestamps need the bundle's flow_lm_step graph with its " +
+        "queries output; load with fastKv: true (re-export the bundle if it has none)";
+    }
+    if (this.tokenizer) {
+      try {
+        this.tokenizer.pieceSpans("a");
+      } catch (e) {
+        return e.message;
+      }
+    }
+    return null;
   }
 
   /** Names of the bundle's predefined voices (manifest.voices). */
@@ -181,9 +219,10 @@ export class PocketTTS {
     return this.loadVoice(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
   }
 
-  async _run(name, feeds) {
+  async _run(name, feeds, fetches = undefined) {
     const start = performance.now();
-    const out = await this._sessions[name].run(feeds);
+    const session = this._sessions[name];
+    const out = await (fetches ? session.run(feeds, fetches) : session.run(feeds));
     const p = (this.profile[name] ??= { calls: 0, ms: 0 });
     p.calls++;
     p.ms += performance.now() - start;
@@ -266,58 +305,76 @@ export class PocketTTS {
     return { states, modelId };
   }
 
-  /** Synthesize the whole text; returns mono float32 samples at `sampleRate`. */
+  /** Synthesize the whole text; returns mono float32 samples at `sampleRate` (with
+   * `timestamps: true`: {audio, words}, the finished word events in order). */
   async generate(text, voice = null, params = {}) {
     const pieces = [];
-    for await (const chunk of this.stream(text, voice, params)) pieces.push(chunk.samples);
+    const words = [];
+    for await (const chunk of this.stream(text, voice, params)) {
+      pieces.push(chunk.samples);
+      words.push(...chunk.words.filter((w) => w.end !== null));
+    }
     const out = new Float32Array(pieces.reduce((n, p) => n + p.length, 0));
     let offset = 0;
     for (const p of pieces) {
       out.set(p, offset);
       offset += p.length;
     }
-    return out;
+    return params?.timestamps ? { audio: out, words } : out;
   }
 
   /**
-   * Yield audio as it is made: {samples, sampleRate, textChunk, textChunkIndex}. Parameters
-   * (null/undefined take the manifest's defaults): temperature, lsdSteps, eosThreshold,
-   * framesAfterEos, noiseClamp, seed, maxFrames (replaces the per-chunk length estimate),
-   * firstChunkFrames (latents decoded for the first audio of each text chunk, default 1),
-   * decodeFrames (latents per later decoder call, default and at most max_decode_frames).
+   * Yield audio as it is made: {samples, sampleRate, textChunk, textChunkIndex, words}.
+   * Parameters (null/undefined take the manifest's defaults): temperature, lsdSteps,
+   * eosThreshold, framesAfterEos, noiseClamp, seed, maxFrames (replaces the per-chunk length
+   * estimate), firstChunkFrames (latents decoded for the first audio of each text chunk,
+   * default 1), decodeFrames (latents per later decoder call, default and at most
+   * max_decode_frames), timestamps (true: `words` holds the word events decided up to this
+   * audio, see timestamps.js; a text chunk's last word may end in a zero-sample chunk).
    */
   async *stream(text, voice = null, params = {}) {
     const p = this._params(params);
+    const timeline = p.timestamps ? new WordTimeline(this.sampleRate) : null;
     let decoder = null;
     let block = [];
+    let scores = [];
     let need = p.firstChunkFrames;
     let current = null;
     const emit = async () => {
       const samples = await decoder.decode(block);
+      const words = timeline ? timeline.frames(samples, scores) : [];
       block = [];
+      scores = [];
       need = p.decodeFrames;
-      return { samples, sampleRate: this.sampleRate, ...current };
+      return { samples, sampleRate: this.sampleRate, ...current, words };
     };
     for await (const event of this._latents(text, voice, p)) {
       if (event.latent === null) {
         if (block.length) yield await emit();
+        const words = timeline ? timeline.endChunk() : [];
+        if (words.length) {
+          yield { samples: new Float32Array(0), sampleRate: this.sampleRate, ...current, words };
+        }
         continue;
       }
       if (event.first) {
         decoder = this.newDecoder();
         need = p.firstChunkFrames;
         current = { textChunk: event.textChunk, textChunkIndex: event.textChunkIndex };
+        timeline?.beginChunk(event.units);
       }
       block.push(event.latent);
+      scores.push(event.scores);
       if (block.length >= need) yield await emit();
     }
   }
 
   /**
    * The latents of a synthesis, for a decoder elsewhere (another worker): yields
-   * {textChunkIndex, textChunk, first, latent}, where `first` marks a text chunk's first latent
-   * (start a fresh decoder) and latent === null ends a text chunk (flush). Parameters as
-   * stream().
+   * {textChunkIndex, textChunk, first, latent, scores}, where `first` marks a text chunk's
+   * first latent (start a fresh decoder) and latent === null ends a text chunk (flush). With
+   * timestamps, `scores` is the latent's attention per word unit and a first latent carries
+   * the chunk's `units` (for a WordTimeline where it is decoded). Parameters as stream().
    */
   latents(text, voice = null, params = {}) {
     return this._latents(text, voice, this._params(params));
@@ -330,14 +387,18 @@ export class PocketTTS {
     }
     const start = voice ? voice.states : this.emptyState();
     const rng = createRng(p.seed);
+    const units = p.timestamps ? mapChunks(text, chunks.map((c) => c.text), this.tokenizer) : null;
     for (const [index, chunk] of chunks.entries()) {
       const info = { textChunkIndex: index, textChunk: chunk.text };
       let first = true;
-      for await (const latent of this._chunkLatents(chunk, start, p, rng)) {
-        yield { ...info, first, latent };
+      const chunkUnits = units?.[index] ?? null;
+      const latents = this._chunkLatents(chunk, start, p, rng, chunkUnits);
+      for await (const { latent, scores } of latents) {
+        const event = { ...info, first, latent, scores };
+        yield first && chunkUnits ? { ...event, units: chunkUnits } : event;
         first = false;
       }
-      yield { ...info, first: false, latent: null };
+      yield { ...info, first: false, latent: null, scores: null };
     }
   }
 
@@ -375,12 +436,8 @@ export class PocketTTS {
         );
       }
     }
-    if (p.timestamps) {
-      throw new InvalidInputError(
-        "timestamps: the browser runtime has no word timestamps yet; use the Python engine " +
-          "or the server's POST /dev/captioned_speech",
-      );
-    }
+    const unavailable = p.timestamps ? this.timestampsUnavailable : null;
+    if (unavailable) throw new TimestampsUnavailableError(unavailable);
     // More latents than max_decode_frames are decoded in several calls of at most that many.
     if (!Number.isInteger(p.decodeFrames) || p.decodeFrames < 1 || p.decodeFrames > 1000) {
       throw new InvalidInputError(`decodeFrames must be an integer in 1..1000, got ${p.decodeFrames}`);
@@ -388,8 +445,9 @@ export class PocketTTS {
     return p;
   }
 
-  // Upstream's loop for one text chunk: yields latents (Float32Array of latent_dim).
-  async *_chunkLatents(chunk, startState, p, rng) {
+  // Upstream's loop for one text chunk: yields {latent (Float32Array of latent_dim), scores
+  // (its attention per word unit of `units`, or null without units)}.
+  async *_chunkLatents(chunk, startState, p, rng, units = null) {
     const m = this.manifest;
     const d = m.defaults;
     const after = p.framesAfterEos ?? chunk.framesAfterEosGuess + d.frames_after_eos_guess_offset;
@@ -402,19 +460,24 @@ export class PocketTTS {
       token_ids: new ort.Tensor("int64", ids, [1, ids.length]),
     });
     const lm = this._begin(startState); // a fresh copy of the voice state per text chunk
+    const textStart = lm.position;
     await this._flowLm(lm, this._emptySequence(), embeddings);
+    const timing = units ? new TextTiming(units, m.timestamps.heads, textStart, lm.position) : null;
     const L = m.latent_dim;
     let sequence = new ort.Tensor("float32", new Float32Array(L).fill(NaN), [1, 1, L]);
     const noText = new ort.Tensor("float32", new Float32Array(0), [1, 0, m.d_model]);
     let eosStep = null;
     for (let step = 0; step < maxLen; step++) {
-      const out = await this._flowLm(lm, sequence, noText);
+      const out = await this._flowLm(lm, sequence, noText, timing !== null);
       if (out.eosLogit > p.eosThreshold && eosStep === null && step >= d.min_frames_before_eos) {
         eosStep = step;
       }
       if (eosStep !== null && step >= eosStep + after) return;
+      const scores = timing
+        ? timing.scores(out.queries.data, out.queries.dims, (layer) => lm.keys(layer))
+        : null;
       const latent = await this._sample(out.conditioning, p, rng);
-      yield latent;
+      yield { latent, scores };
       sequence = new ort.Tensor("float32", latent, [1, 1, L]);
     }
   }
@@ -431,17 +494,20 @@ export class PocketTTS {
     return this.fastKv ? lm.toStates(this._specs.flow_lm_main.states) : lm.states;
   }
 
-  // One flow-LM call; advances `lm` in place.
-  async _flowLm(lm, sequence, textEmbeddings) {
+  // One flow-LM call; advances `lm` in place. `queries`: also fetch the step's post-RoPE
+  // queries (word timestamps); otherwise that output is not copied out at all.
+  async _flowLm(lm, sequence, textEmbeddings, queries = false) {
     if (this.fastKv) {
       // Buffers first: an input name can never be shadowed.
-      const out = await this._run("flow_lm_step", {
-        ...lm.feeds(),
-        sequence,
-        text_embeddings: textEmbeddings,
-      });
+      const feeds = { ...lm.feeds(), sequence, text_embeddings: textEmbeddings };
+      const fetches = queries || !this._hasQueries ? undefined : this._plainOutputs;
+      const out = await this._run("flow_lm_step", feeds, fetches);
       lm.append(out);
-      return { conditioning: out.conditioning, eosLogit: out.eos_logit.data[0] };
+      return {
+        conditioning: out.conditioning,
+        eosLogit: out.eos_logit.data[0],
+        queries: out.queries ?? null,
+      };
     }
     // States first: an input name can never be shadowed by a state.
     const out = await this._run("flow_lm_main", {

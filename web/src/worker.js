@@ -1,8 +1,9 @@
 // The engine worker: text, flow LM, flow head (and, unless a decoder worker is attached,
 // Mimi decoding). Messages in: load, voice-audio, voice-npz, voice-named, voice-clear,
 // generate, stop, and "decoder-port" (a MessagePort to the decoder worker: latents go there,
-// so the flow LM and Mimi run in parallel as in the Python engine). Messages out: progress,
-// loaded, voice, chunk, done, error.
+// with their word-timestamp scores, so the flow LM and Mimi run in parallel as in the Python
+// engine). Messages out: progress, loaded, voice, chunk ({samples, textChunkIndex, words}),
+// done, error.
 
 import { GRAPH_NAMES, ort, PocketTTS } from "./pocket-tts.js";
 
@@ -61,6 +62,8 @@ const handlers = {
         precision: tts.precision,
         fastKv: tts.fastKv,
         devices: tts.devices,
+        // null when word timestamps can be asked for, else why not
+        timestampsUnavailable: tts.timestampsUnavailable,
         temperature: m.defaults.temperature,
         lsdSteps: m.defaults.decode_steps,
         source: m.source,
@@ -100,7 +103,8 @@ const handlers = {
     if (decoderPort) {
       let sent = 0;
       const firstChunkFrames = params?.firstChunkFrames ?? 1;
-      decoderPort.postMessage({ type: "start", id, firstChunkFrames });
+      const timestamps = params?.timestamps === true;
+      decoderPort.postMessage({ type: "start", id, firstChunkFrames, timestamps });
       for await (const event of model.latents(text, voice, params)) {
         decoderPort.postMessage({ type: "latent", id, ...event });
         // Let "stop" in now and then; the decoder worker runs meanwhile.
@@ -113,7 +117,8 @@ const handlers = {
     for await (const chunk of model.stream(text, voice, params)) {
       // A copy we own, so transferring it can never detach memory ORT still uses.
       const out = chunk.samples.slice();
-      postMessage({ type: "chunk", id, samples: out, textChunkIndex: chunk.textChunkIndex }, [out.buffer]);
+      const { textChunkIndex, words } = chunk;
+      postMessage({ type: "chunk", id, samples: out, textChunkIndex, words }, [out.buffer]);
       await breathe();
       if (mine !== generation) return;
     }

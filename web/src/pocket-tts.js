@@ -184,7 +184,8 @@ export class PocketTTS {
     if (!this.manifest.timestamps?.heads?.length) return NO_HEADS;
     if (!this.fastKv || !this._hasQueries) {
       return "timestamps: word timestamps need the bundle's flow_lm_step graph with its " +
-        "queries output; load with fastKv: true (re-export the bundle if it has none)";
+        "queries output; load with fastKv: true (re-export the bundle if it has none, or " +
+        "without --kv-dtype fp16: this runtime reads float32 K/V only)";
     }
     if (this.tokenizer) {
       try {

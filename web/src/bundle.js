@@ -96,7 +96,7 @@ export async function fetchManifest(url) {
   return { manifest, base: new URL(".", manifestUrl) };
 }
 
-export function checkManifest(m, url, textRuleKeys = null) {
+export function checkManifest(m, url) {
   if (!m || typeof m !== "object" || Array.isArray(m)) {
     throw new BundleError(`${url} does not hold a JSON object`);
   }
@@ -113,14 +113,6 @@ export function checkManifest(m, url, textRuleKeys = null) {
   }
   if (!FLOW_TYPES.includes(m.flow_type)) {
     throw new BundleError(`unknown flow head type ${JSON.stringify(m.flow_type)} in ${url}`);
-  }
-  if (textRuleKeys) {
-    const unknown = Object.keys(m.text).filter((k) => !textRuleKeys.includes(k));
-    if (unknown.length) {
-      throw new BundleError(
-        `unknown text rule(s) ${unknown.join(", ")} in the bundle: it may come from a newer exporter`,
-      );
-    }
   }
   for (const name of GRAPH_NAMES) {
     if (!m.graphs[name]) throw new BundleError(`${url} lists no graph ${name}`);

@@ -84,7 +84,8 @@ export class WordHighlight {
     const now = this.player.now();
     reading.spans.forEach((span, i) => {
       const t = reading.times[i];
-      const on = Boolean(t && t.start !== null && t.start <= now && (t.end === null || now < t.end));
+      const started = Boolean(t && t.start !== null && t.start <= now);
+      const on = started && (t.end === null || now < t.end);
       span.classList.toggle("speaking", on);
       if (on) window.__highlighted.add(i);
     });

@@ -12,6 +12,7 @@
 import { maxDecodeFrames } from "./decoder.js";
 import { ort, PocketTTS } from "./pocket-tts.js";
 import { WordTimeline } from "./timestamps.js";
+import { breathe, describe, sendChunk } from "./worker-common.js";
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
 
@@ -22,23 +23,11 @@ const stopped = new Set(); // ids of stopped syntheses
 let job = null; // {id, decoder, block, scores, need, index, firstFrames, timeline}
 let minFrames = 1; // latents per Mimi call after the first chunk (the page's dmin)
 
-const breathe = () =>
-  new Promise((resolve) => {
-    const channel = new MessageChannel();
-    channel.port1.onmessage = resolve;
-    channel.port2.postMessage(null);
-  });
-
-function send(samples, id, textChunkIndex, words) {
-  const out = samples.slice(); // ours to transfer: ORT may still own the original
-  postMessage({ type: "chunk", id, samples: out, textChunkIndex, words }, [out.buffer]);
-}
-
 async function flush() {
   if (job.block.length) {
     const samples = await job.decoder.decode(job.block);
     const words = job.timeline ? job.timeline.frames(samples, job.scores) : [];
-    send(samples, job.id, job.index, words);
+    sendChunk(job.id, samples, job.index, words);
     job.block = [];
     job.scores = [];
     job.need = Math.min(minFrames, maxDecodeFrames(tts.manifest));
@@ -75,7 +64,7 @@ async function drain() {
         } else if (e.latent === null) {
           await flush();
           const words = job.timeline ? job.timeline.endChunk() : [];
-          if (words.length) send(new Float32Array(0), job.id, job.index, words);
+          if (words.length) sendChunk(job.id, new Float32Array(0), job.index, words);
         } else {
           if (e.first) {
             await flush();
@@ -91,8 +80,7 @@ async function drain() {
       if (job && job.block.length && job.block.length >= job.need) await flush();
     }
   } catch (error) {
-    const message = error?.message || String(error);
-    postMessage({ type: "error", id: job?.id, during: "generate", message });
+    postMessage({ type: "error", id: job?.id, during: "generate", message: describe(error) });
     if (job) stopped.add(job.id);
     job = null;
   } finally {
@@ -124,7 +112,7 @@ onmessage = async ({ data, ports }) => {
       });
       postMessage({ type: "loaded", devices: tts.devices });
     } catch (error) {
-      postMessage({ type: "error", during: "load", message: error?.message || String(error) });
+      postMessage({ type: "error", during: "load", message: describe(error) });
     }
   }
 };

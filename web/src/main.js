@@ -1,5 +1,6 @@
-// The demo page: drives the workers, plays chunks as they arrive, measures speed, and with
-// "Word timestamps" highlights the word being spoken, on the playback clock.
+// The demo page: the form and its controls; drives the workers, plays chunks as they arrive
+// (player.js), measures speed, and with "Word timestamps" highlights the word being spoken,
+// on the playback clock (word-highlight.js).
 // For automated tests it exposes window.__state ("loading" | "ready" | "generating" |
 // "error"), __lastAudio (Float32Array of the last synthesis), __chunks, __stats, __voice,
 // __words (the word events received) and __highlighted (indices of the words highlighted).
@@ -15,7 +16,8 @@
 // frames=N (fixed length: maxFrames and no EOS, for benchmarks).
 
 import { encodeWav, parseWav } from "./audio.js";
-import { sourceWords } from "./word-units.js";
+import { Player } from "./player.js";
+import { WordHighlight } from "./word-highlight.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -48,11 +50,10 @@ let loadsPending = 0; // workers still loading the bundle
 let decoderDevices = {}; // execution provider of the decoder worker's session
 
 let model = null; // info from the worker's "loaded" message
-let audioContext = null;
-let playhead = 0;
 let job = null; // the synthesis in progress
 let jobCounter = 0;
-let reading = null; // the text being highlighted: {id, spans, times, segments, samples}
+const player = new Player();
+const highlight = new WordHighlight($("spoken"), player);
 
 function setState(state) {
   window.__state = state;
@@ -130,118 +131,18 @@ function readParams() {
 
 const wantsTimestamps = () => !$("timestamps").disabled && $("timestamps").checked;
 
-// Web Audio at the model's rate (the browser resamples to the device). Playback is best
-// effort: without an audio device synthesis still runs and can be downloaded (and the words
-// are highlighted on the wall clock instead).
-function startPlayback() {
-  try {
-    if (!audioContext || audioContext.sampleRate !== model.sampleRate) {
-      audioContext?.close();
-      audioContext = new AudioContext({ sampleRate: model.sampleRate });
-    }
-    audioContext.resume();
-  } catch (e) {
-    audioContext = null;
-    console.warn("audio playback unavailable:", e);
-  }
-  playhead = clock() + 0.05;
-}
-
-const clock = () => (audioContext ? audioContext.currentTime : performance.now() / 1000);
-
-// Play `samples` after what is scheduled; returns when they start, on clock().
-function schedule(samples) {
-  // Never schedule in the past: a late chunk starts now (an audible gap, not a skip).
-  playhead = Math.max(playhead, clock() + 0.02);
-  const at = playhead;
-  playhead += samples.length / model.sampleRate;
-  if (audioContext) {
-    const buffer = audioContext.createBuffer(1, samples.length, model.sampleRate);
-    buffer.copyToChannel(samples, 0);
-    const source = audioContext.createBufferSource();
-    source.buffer = buffer;
-    source.connect(audioContext.destination);
-    source.start(at);
-  }
-  return at;
-}
-
-// ------------------------------------------------------------------ word highlighting
-
-// The text as spoken, one span per word (word-units.js finds the words the events index).
-function showSpoken(text) {
-  const spans = [];
-  const nodes = [];
-  let pos = 0;
-  for (const w of sourceWords(text)) {
-    nodes.push(document.createTextNode(text.slice(pos, w.begin)));
-    const span = document.createElement("span");
-    span.className = "word";
-    span.textContent = w.text;
-    spans.push(span);
-    nodes.push(span);
-    pos = w.end;
-  }
-  nodes.push(document.createTextNode(text.slice(pos)));
-  $("spoken").replaceChildren(...nodes);
-  $("spoken").hidden = false;
-  return spans;
-}
-
-// A time of the stream (seconds of its audio) on clock(): chunks play where they were
-// scheduled, so a late chunk shifts the words in it.
-function onClock(t) {
-  const { segments } = reading;
-  let segment = segments[0];
-  for (const s of segments) if (s.stream <= t + 1e-9) segment = s;
-  return segment ? segment.at + (t - segment.stream) : null;
-}
-
-function addWords(words) {
-  for (const w of words) {
-    window.__words.push(w);
-    const times = (reading.times[w.index] ??= { start: null, end: null });
-    times.start = onClock(w.start);
-    if (w.end !== null) times.end = onClock(w.end);
-  }
-}
-
-// Highlight the words whose [start, end) holds the playback time, until playback ends.
-function highlight(id) {
-  if (!reading || reading.id !== id) return;
-  const now = clock();
-  reading.spans.forEach((span, i) => {
-    const t = reading.times[i];
-    const on = Boolean(t && t.start !== null && t.start <= now && (t.end === null || now < t.end));
-    span.classList.toggle("speaking", on);
-    if (on) window.__highlighted.add(i);
-  });
-  const playing = (job && job.id === id) || now < playhead;
-  if (playing) requestAnimationFrame(() => highlight(id));
-  else reading.spans.forEach((span) => span.classList.remove("speaking"));
-}
-
-function stopHighlight() {
-  reading?.spans.forEach((span) => span.classList.remove("speaking"));
-  reading = null;
-}
-
 function play() {
   showError("");
   $("download").hidden = true;
   window.__lastAudio = null;
   window.__stats = null;
   window.__chunks = 0;
-  startPlayback();
+  player.start(model.sampleRate);
   job = { id: ++jobCounter, start: performance.now(), firstMs: null, pieces: [], length: 0 };
-  stopHighlight();
-  window.__words = [];
-  window.__highlighted = new Set();
-  $("spoken").hidden = true;
+  highlight.reset();
   if (wantsTimestamps()) {
     const id = job.id;
-    reading = { id, spans: showSpoken($("text").value), times: [], segments: [] };
-    requestAnimationFrame(() => highlight(id));
+    highlight.start(id, $("text").value, () => job && job.id === id);
   }
   ["stat-first", "stat-speed", "stat-audio", "stat-chunks"].forEach((id) => ($(id).textContent = "…"));
   setState("generating");
@@ -252,8 +153,8 @@ function play() {
 function stop() {
   worker.postMessage({ type: "stop" });
   decoderWorker?.postMessage({ type: "stop", id: job?.id });
-  audioContext?.suspend();
-  stopHighlight();
+  player.suspend();
+  highlight.stop();
   finish("Stopped.");
 }
 
@@ -385,7 +286,7 @@ function failed(data) {
   if (job) {
     worker.postMessage({ type: "stop" });
     decoderWorker?.postMessage({ type: "stop", id: job.id });
-    stopHighlight();
+    highlight.stop();
   }
   job = null;
   status("Ready.");
@@ -415,12 +316,12 @@ function onMessage({ data }) {
     case "chunk":
       if (!job || data.id !== job.id) return;
       if (data.samples.length) {
-        const at = schedule(data.samples);
-        reading?.segments.push({ stream: job.length / model.sampleRate, at });
+        const at = player.schedule(data.samples, model.sampleRate);
+        highlight.placed(job.length / model.sampleRate, at);
         job.pieces.push(data.samples);
         job.length += data.samples.length;
       }
-      if (reading && data.words?.length) addWords(data.words);
+      highlight.add(data.words);
       if (!data.samples.length) break; // the last word's end, after the audio
       job.firstMs ??= performance.now() - job.start;
       $("stat-first").textContent = `${Math.round(job.firstMs)} ms`;

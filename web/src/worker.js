@@ -6,6 +6,7 @@
 // done, error.
 
 import { GRAPH_NAMES, ort, PocketTTS } from "./pocket-tts.js";
+import { breathe, describe, sendChunk } from "./worker-common.js";
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
 
@@ -14,18 +15,6 @@ let voice = null;
 let decoderPort = null; // set: latents go to the decoder worker
 let generation = 0; // bumped by "stop": a running synthesis ends at its next latent
 let queue = Promise.resolve(); // messages run one at a time: ORT sessions are not reentrant
-
-// A macrotask break, so that a "stop" message gets handled while a synthesis runs.
-const breathe = () =>
-  new Promise((resolve) => {
-    const channel = new MessageChannel();
-    channel.port1.onmessage = resolve;
-    channel.port2.postMessage(null);
-  });
-
-function describe(error) {
-  return error?.message || String(error);
-}
 
 function voiceInfo(name, kind, ms = null) {
   return { name, kind, ms };
@@ -115,10 +104,7 @@ const handlers = {
       return;
     }
     for await (const chunk of model.stream(text, voice, params)) {
-      // A copy we own, so transferring it can never detach memory ORT still uses.
-      const out = chunk.samples.slice();
-      const { textChunkIndex, words } = chunk;
-      postMessage({ type: "chunk", id, samples: out, textChunkIndex, words }, [out.buffer]);
+      sendChunk(id, chunk.samples, chunk.textChunkIndex, chunk.words);
       await breathe();
       if (mine !== generation) return;
     }

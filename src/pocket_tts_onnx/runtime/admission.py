@@ -156,8 +156,9 @@ class Admission:
         attention is causal and the padding after a shorter prompt is never kept); if that
         fails, one row at a time, so only rows that fail alone end."""
         first = len(self._active)
+        first_step = None
         try:
-            self._prompt_halves(first, [p.embeddings for p in ready])
+            first_step = self._prompt_halves(first, [p.embeddings for p in ready])
             failed: dict[int, BaseException] = {}
         except Exception:
             failed = {}
@@ -188,16 +189,17 @@ class Admission:
                 p.chunk, request.config, core.manifest, core.sampler, request.rng
             )
             request.sequence = np.full((1, 1, core.manifest.latent_dim), np.nan, np.float32)
+            request.first_step = first_step  # only ever for a lone new row
             self._active.append(request)
             self._decoder.join(request)
 
-    def _prompt_halves(self, first: int, embeddings: list) -> None:
+    def _prompt_halves(self, first: int, embeddings: list):
         """Prompts of several new rows as two shards, one on the prompt thread: when many
         requests arrive together, their prompts are the work before anyone's first audio,
-        and the second core would otherwise wait."""
+        and the second core would otherwise wait. A lone new row's first step rides along
+        its prompt (returned, see `FlowLM.prompt_rows`)."""
         if self._prompt_pool is None or len(embeddings) < 2:
-            self._lm.prompt_rows(first, embeddings)
-            return
+            return self._lm.prompt_rows(first, embeddings, bos=len(embeddings) == 1)
         longest = max(e.shape[1] for e in embeddings)
         rows = slice(first, first + len(embeddings))
         self._lm.buffers.reserve(int(self._lm.buffers.positions[rows].max()) + longest)
@@ -207,6 +209,7 @@ class Admission:
             self._lm.prompt_rows(first, embeddings[:half])
         finally:
             other.result()
+        return None
 
     def _take(self, request: Request):
         """The request's next chunk; a text stream with none yet is parked (under the lock,

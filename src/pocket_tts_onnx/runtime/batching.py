@@ -278,10 +278,9 @@ class BatchScheduler(Admission):
         if self._lm.limit is not None:  # long streams left: give their memory back
             self._lm.buffers.fit(len(self._active), self._lm.limit)
 
-    def _word_scores(self, row: int) -> np.ndarray | None:
+    def _word_scores(self, row: int, queries: np.ndarray | None) -> np.ndarray | None:
         """Row `row`'s attention over its text units at the step just made (None when the
         step fell back to row-by-row calls)."""
-        queries = self._lm.queries
         if queries is None:
             return None
         timing = self._active[row].timing
@@ -289,20 +288,46 @@ class BatchScheduler(Admission):
         keys = {layer: arrays[f"cache_k_{layer}"][row] for layer, _ in timing.heads}
         return timing.scores(queries[row], keys)
 
+    def _lm_outputs(self, needs_lm: np.ndarray, errors: dict):
+        """(conditioning, eos_logit, queries) of the rows that need a flow-LM step: a row
+        just prompted alone already has its first one (made with its prompt); the others
+        take one now, in one call."""
+        active = self._active
+        firsts = {i: r.first_step for i, r in enumerate(active) if r.first_step is not None}
+        for i in firsts:
+            active[i].first_step = None
+        stepped = needs_lm.copy()
+        stepped[list(firsts)] = False
+        if stepped.any():
+            sequence = np.concatenate([r.sequence for r in active])
+            keep = None if stepped.all() else stepped
+            cond, eos = self._steps.lm_step(sequence, keep, errors)
+            queries = self._lm.queries
+        else:  # only rows that stepped with their prompt: no call at all
+            sample = next(iter(firsts.values()))
+            cond = np.zeros((len(active), sample[0].shape[1]), np.float32)
+            eos = np.zeros((len(active), 1), np.float32)
+            queries = None
+        for i, (c, e, q) in firsts.items():
+            cond[i], eos[i] = c[0], e[0]
+            if q is not None:
+                if queries is None:
+                    queries = np.zeros((len(active), *q.shape[1:]), q.dtype)
+                queries[i] = q[0]
+        return cond, eos, queries
+
     def _iterate(self) -> None:
         """One flow-LM step for the rows that need it, flow-head steps, decode, leave."""
         active = self._active
         errors: dict[int, BaseException] = {}
         needs_lm = np.array([r.chunk.x is None for r in active])
         if needs_lm.any():
-            sequence = np.concatenate([r.sequence for r in active])
-            keep = None if needs_lm.all() else needs_lm
-            cond, eos = self._steps.lm_step(sequence, keep, errors)
+            cond, eos, queries = self._lm_outputs(needs_lm, errors)
             for i in np.flatnonzero(needs_lm):
                 if i in errors or not active[i].chunk.observe(float(eos[i, 0])):
                     continue
                 if active[i].timing is not None:
-                    active[i].scores = self._word_scores(i)
+                    active[i].scores = self._word_scores(i, queries)
                 try:
                     active[i].chunk.begin(cond[i : i + 1])
                 except PocketTTSOnnxError as e:

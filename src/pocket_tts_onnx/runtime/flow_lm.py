@@ -61,20 +61,34 @@ class FlowLM:
             part = np.ascontiguousarray(embeddings[:, start : start + PROMPT_BLOCK_TOKENS])
             self.run(rows, empty, part)
 
-    def prompt_rows(self, first: int, embeddings: list[np.ndarray]) -> None:
+    def prompt_rows(self, first: int, embeddings: list[np.ndarray], bos: bool = False):
         """Feed prompts [1, T_i, D] to rows first, first + 1, ... in one call per block: the
         shorter ones padded at the end, their padding never counted (the attention is
-        causal, so each row gets exactly what it would alone)."""
+        causal, so each row gets exactly what it would alone).
+
+        With `bos` (one row only: no padding), the first autoregressive step (BOS) rides
+        along the last block, the graph's text-then-sequence order being exactly the
+        prompt followed by that step: returns its (conditioning, eos_logit, queries), one
+        flow-LM call less before the first audio. Otherwise returns None."""
         n, longest = len(embeddings), max(e.shape[1] for e in embeddings)
+        bos = bos and n == 1 and longest > 0
         padded = np.zeros((n, longest, self.d_model), np.float32)
         for i, e in enumerate(embeddings):
             padded[i, : e.shape[1]] = e[0]
         lengths = np.array([e.shape[1] for e in embeddings], dtype=np.int64)
         empty = np.zeros((n, 0, self.latent_dim), np.float32)
+        out = None
         for start in range(0, longest, PROMPT_BLOCK_TOKENS):
             part = padded[:, start : start + PROMPT_BLOCK_TOKENS]
             counts = np.clip(lengths - start, 0, part.shape[1])
-            self.run(slice(first, first + n), empty, part, lengths=counts)
+            sequence = empty
+            if bos and start + PROMPT_BLOCK_TOKENS >= longest:
+                sequence = np.full((n, 1, self.latent_dim), np.nan, np.float32)
+                counts = counts + 1
+            out = self.run(slice(first, first + n), sequence, part, lengths=counts)
+        if not bos:
+            return None
+        return out["conditioning"], out["eos_logit"], out.get("queries")  # queries: last position
 
     def step(self, sequence: np.ndarray, keep: np.ndarray | None = None):
         """One autoregressive step of rows [0, n) (`sequence` [n, 1, L], NaN = BOS):

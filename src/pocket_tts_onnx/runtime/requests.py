@@ -113,6 +113,7 @@ class Request:
     chunk: ChunkStream | None = None  # the text chunk being generated
     next_chunk: TextChunk | None = None  # taken, waiting for room in the batch
     sequence: np.ndarray | None = None  # the last latent [1, 1, L] (NaN: BOS)
+    first_step: tuple | None = None  # BOS step made with the prompt (conditioning, eos, queries)
     text_index: int = -1
     need: int = 0  # K/V positions the current chunk may reach
     parked: bool = False  # waiting for more text, holding no row

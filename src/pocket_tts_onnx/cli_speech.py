@@ -20,6 +20,8 @@ from pocket_tts_onnx.cli_options import (
     add_engine_arguments,
     add_generation_arguments,
     generation_overrides,
+    load_engine,
+    note_random_weights,
 )
 from pocket_tts_onnx.errors import InvalidInputError, TimestampsUnavailableError
 
@@ -189,7 +191,6 @@ def _voice_name(name: str, bundle: Path, names: list[str]) -> str:
 
 
 def run_say(args) -> None:
-    from pocket_tts_onnx import PocketTTSOnnx
     from pocket_tts_onnx.manifest import Manifest
     from pocket_tts_onnx.runtime.audio import write_audio
     from pocket_tts_onnx.runtime.config import GenerationConfig
@@ -213,7 +214,7 @@ def run_say(args) -> None:
             args.voice.exists() or suffix in _AUDIO_SUFFIXES
         ):  # a name from the bundle (`pocket-tts-onnx voices`)
             voice = _voice_name(str(args.voice), args.bundle, sorted(manifest.voices))
-    tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
+    tts = load_engine(args)
     if args.voice is not None and voice is None:
         if args.voice.suffix.lower() in (".npz", ".safetensors"):
             voice = tts.load_voice(args.voice)
@@ -239,8 +240,7 @@ def run_say(args) -> None:
         f"wrote {args.out}: {duration:.2f} s of audio in {elapsed:.2f} s "
         f"({duration / max(elapsed, 1e-9):.1f}x realtime{latency})"
     )
-    if tts.manifest.random_weights:
-        print("NOTE: random-weight bundle - the audio is noise, not speech.")
+    note_random_weights(tts.manifest)
 
 
 def run_voice(args) -> None:

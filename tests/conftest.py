@@ -239,6 +239,27 @@ def upstream_audio(model, voice_audio, text, decode_steps=1, eos=None) -> np.nda
 
 
 @contextlib.contextmanager
+def cli_server(args: list[str], log: Path, ready):
+    """`pocket-tts-onnx ARGS` in a subprocess, its output in `log`, until the block ends;
+    `ready(proc)` returns once it serves (and fails if it exited)."""
+    import subprocess
+    import sys
+
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pocket_tts_onnx.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        ready(proc)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@contextlib.contextmanager
 def serving(app):
     """uvicorn serving `app` on a free loopback port in a thread; yields the port."""
     import threading

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+from conftest import cli_server
 
 from pocket_tts_onnx import PocketTTSOnnx
 from pocket_tts_onnx.runtime.encoding import pcm16
@@ -40,19 +39,12 @@ def port(serve_bundle, tmp_path_factory):
     port = client.free_port()
     log = tmp_path_factory.mktemp("ws-log") / "server.log"
     args = [
-        sys.executable, "-m", "pocket_tts_onnx.cli", "serve", "--bundle", str(serve_bundle),
-        "--port", str(port), "--no-web", "--max-streams", "2", "--max-queue", "2",
-        "--max-text-chars", str(MAX_TEXT_CHARS), "--ws-idle-timeout-s", str(IDLE_S),
-        "--log-level", "warning",
+        "serve", "--bundle", str(serve_bundle), "--port", str(port), "--no-web",
+        "--max-streams", "2", "--max-queue", "2", "--max-text-chars", str(MAX_TEXT_CHARS),
+        "--ws-idle-timeout-s", str(IDLE_S), "--log-level", "warning",
     ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        client.wait_healthy(port, proc)
+    with cli_server(args, log, lambda proc: client.wait_healthy(port, proc)):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def url(port, voice="default", query="") -> str:

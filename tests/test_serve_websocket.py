@@ -79,6 +79,17 @@ def audio_of(message: str) -> bytes:
     return base64.b64decode(body["audio"])
 
 
+async def until_final(ws) -> list[dict]:
+    """The messages that arrive before the final one (`isFinal`: true)."""
+    bodies = []
+    async for message in ws:
+        body = json.loads(message)
+        if body["isFinal"]:
+            return bodies
+        bodies.append(body)
+    raise AssertionError("the stream closed without a final message")
+
+
 def test_pieces_are_spoken_before_the_end_message(port, tts):
     async def go():
         async with websockets.connect(url(port, query="?output_format=pcm_24000")) as ws:
@@ -91,11 +102,8 @@ def test_pieces_are_spoken_before_the_end_message(port, tts):
             for piece in pieces(SECOND[4:]):
                 await send(ws, piece)
             await send(ws, "")
-            async for message in ws:
-                body = json.loads(message)
-                if body["isFinal"]:
-                    break
-                audio += audio_of(message)
+            for body in await until_final(ws):
+                audio += base64.b64decode(body["audio"])
             with pytest.raises(websockets.ConnectionClosedOK):
                 await ws.recv()
             return audio, ws.close_code
@@ -201,11 +209,7 @@ def test_word_alignment_when_asked(port, tts):
             for piece in pieces(TEXT):
                 await send(ws, piece)
             await send(ws, "")
-            async for message in ws:
-                body = json.loads(message)
-                if body["isFinal"]:
-                    break
-                messages.append(body)
+            messages += await until_final(ws)
         return messages
 
     messages = run(go())

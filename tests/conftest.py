@@ -174,6 +174,17 @@ def lsd_bundle_copy(tmp_path_factory, lsd_bundle) -> Path:
     return copy
 
 
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory) -> Path:
+    """The demo model as `export --demo --no-verify` writes it (FP32 only). Tests that
+    change a bundle change a copy."""
+    from pocket_tts_onnx.export.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("demo") / "bundle"
+    export_bundle(ModelSource(demo=True), out, verify=False)
+    return out
+
+
 @pytest.fixture()
 def voice_audio() -> np.ndarray:
     """Two seconds of speech-like noise bursts at 24 kHz ending in a pause."""

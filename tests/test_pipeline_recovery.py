@@ -32,13 +32,6 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-@pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "bundle"
-    export_bundle(ModelSource(demo=True), out, verify=False)
-    return out
-
-
 def _user_files(bundle: Path) -> dict[str, bytes]:
     files = {
         "NOTES.txt": b"my notes",

@@ -25,6 +25,9 @@ import yaml
 from pocket_tts_onnx.export.loading import DEMO_CONFIG, DEMO_DIR, ModelSource
 
 FAMILIES = ("lsd", "drifting", "pointwise", "flow_matching")
+# Word-timestamp heads each family's session bundle is exported with (test_timestamps
+# compares their events with pocket-tts-timestamped's); the drifting family has none.
+TIMESTAMP_HEADS = {"lsd": "L1H0,L0H3", "pointwise": "L2H1,L0H2", "flow_matching": "L0H1"}
 
 ONE_CHUNK = "Hello world, this is a small test."
 MULTI_CHUNK = (
@@ -154,7 +157,13 @@ def bundles(family_configs, tmp_path_factory) -> dict[str, FamilyBundle]:
     for family, config in family_configs.items():
         bundle = root / family
         source = ModelSource(config=config, random_init=True, seed=0)
-        _, reports = export_bundle(source, bundle, quantize=True, verify=True)
+        _, reports = export_bundle(
+            source,
+            bundle,
+            quantize=True,
+            verify=True,
+            timestamp_heads=TIMESTAMP_HEADS.get(family),
+        )
         out[family] = FamilyBundle(family, config, bundle, {r.graph: r for r in reports})
     return out
 

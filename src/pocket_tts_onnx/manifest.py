@@ -277,7 +277,10 @@ class Manifest:
                 sherpa_onnx=SherpaOnnxFiles(**d["sherpa_onnx"]) if d.get("sherpa_onnx") else None,
                 precisions=precisions,
                 model_id=model_id,
-                timestamp_heads=timestamp_heads(d.get("timestamps"), graphs),
+                timestamp_heads=timestamp_heads(
+                    d.get("timestamps"),
+                    graphs["flow_lm_step"].spec if "flow_lm_step" in graphs else None,
+                ),
             )
             dims = {k: getattr(manifest, k) for k in ("latent_dim", "d_model", "head_dim")}
             problem = spec_disagreement({n: g.spec for n, g in graphs.items()}, dims)

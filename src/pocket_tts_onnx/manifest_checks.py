@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pocket_tts_onnx.errors import BundleError
 
 if TYPE_CHECKING:
-    from pocket_tts_onnx.manifest import GraphEntry
+    from pocket_tts_onnx.specs import GraphSpec
 
 # Range of every number in manifest.json: (field, kind, lowest, highest, may be null). The
 # bounds are wide enough for any real model and narrow enough that a runtime cannot be made
@@ -62,14 +62,13 @@ def check_numbers(d: dict) -> None:
         )
 
 
-def timestamp_heads(entry, graphs: dict[str, GraphEntry]) -> tuple[tuple[int, int], ...]:
+def timestamp_heads(entry, step: GraphSpec | None) -> tuple[tuple[int, int], ...]:
     """The `timestamps` entry: null, or {"heads": [[layer, head], ...]} within the layers
-    and heads of flow_lm_step's `queries` output."""
+    and heads of the `queries` output of `step` (flow_lm_step's spec, None if no such graph)."""
     if entry is None:
         return ()
     heads = entry["heads"]
-    step = graphs.get("flow_lm_step")
-    queries = [t for t in step.spec.outputs if t.name == "queries"] if step else []
+    queries = [t for t in step.outputs if t.name == "queries"] if step else []
     if not queries:
         raise ValueError("timestamps needs a flow_lm_step graph with a queries output")
     layers, per_layer = queries[0].shape[1], queries[0].shape[2]

@@ -2,7 +2,10 @@
 
 Prints JSON: x realtime of `generate`, `stream` and `generate_batch([text])` and the first
 chunk latency of `stream`, on one bundle (EOS off, a fixed number of frames per chunk, the
-bundle's default voice). Run it with two checkouts' `src` on PYTHONPATH to compare them.
+bundle's default voice), plus the first chunk of a short and a long sentence with their
+token counts (the text prompt is most of the first chunk's work, so it grows with the tokens;
+a random-weight bundle's stand-in tokenizer cuts English into more tokens than a real one).
+Run it with two checkouts' `src` on PYTHONPATH to compare them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import statistics
 import time
 
 TEXT = "The farmer watches the brown fox from the porch until the sun sets."
+SHORT = "Hello there."
 
 
 def main() -> None:
@@ -54,6 +58,17 @@ def main() -> None:
 
     timed("stream", stream)
     out["stream_first_chunk_ms"] = round(statistics.median(firsts), 1)
+    for name, text in (("short", SHORT), ("long", TEXT)):
+        tokens = sum(len(c.token_ids) for c in tts.core.chunks(text))
+        times = []
+        for _ in range(max(5, args.runs)):
+            start = time.perf_counter()
+            chunks = iter(tts.stream(text, **{**params, "max_frames": 4}))
+            next(chunks)
+            times.append(1000 * (time.perf_counter() - start))
+            for _ in chunks:
+                pass
+        out[f"first_chunk_{name}"] = {"tokens": tokens, "ms": round(statistics.median(times), 1)}
     print(json.dumps(out))
 
 

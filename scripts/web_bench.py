@@ -252,7 +252,7 @@ def _native_graph_ms(bundle: Path, precision: str, kv: int, repeats: int) -> dic
         step = session("flow_lm_step")
         step_feeds = {**base, "position": np.array([kv], np.int64)}
         for b in m["graphs"]["flow_lm_step"]["buffers"]:
-            step_feeds[b["name"]] = np.zeros((1, b["shape"][1], 2 * kv, b["shape"][3]), np.float32)
+            step_feeds[b["name"]] = np.zeros((1, b["shape"][1], 2 * kv, b["shape"][3]), b["dtype"])
         out["flow_lm_step"] = median_ms(lambda: step.run(None, step_feeds))
     flow = session("flow_lm_flow")
     dz = m["graphs"]["flow_lm_flow"]["inputs"][0]["shape"][1]

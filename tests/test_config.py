@@ -54,6 +54,12 @@ def test_every_field_has_a_value_to_walk():
     assert {f for f in GenerationConfig.__dataclass_fields__} == set(VALID)
 
 
+def test_limits_in_messages_are_exact():
+    """The seed's bound is 2**63 - 1, said exactly (not rounded to 9.22337e+18)."""
+    with pytest.raises(InvalidInputError, match=r"<= 9223372036854775807 or None, got -1$"):
+        GenerationConfig(temperature=0.7, lsd_steps=1, eos_threshold=-4.0, seed=-1)
+
+
 @pytest.fixture(scope="module")
 def tts(serve_bundle):
     return PocketTTSOnnx.load(serve_bundle, precision="int8")

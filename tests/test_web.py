@@ -45,6 +45,15 @@ LONG_TEXT = " ".join(
     for i, w in enumerate(["quick", "lazy", "brown", "red", "small", "old"])
 )
 TOLERANCE = 1e-3
+TIMESTAMP_HEADS = "L1H1,L0H1"
+# Punctuation, numbers, several chunks, unicode (astral characters: JS offsets differ).
+TIMESTAMP_TEXTS = {
+    "punctuation": "Wait... what?! No way; really: yes.",
+    "numbers": "It costs 3.5 dollars, or 42 cents in 1999.",
+    "words": "The quick brown fox jumps over the lazy dog. It was a bright cold day in April.",
+    "chunks": LONG_TEXT,
+    "unicode": "Café naïve façade, déjà vu 🙂 “quoted” — 𝔘𝔫𝔦 ok.",
+}
 
 
 def _no_voice():
@@ -383,6 +392,85 @@ def test_js_tokenizer_json_from_sentencepiece_matches_python(converted_tokenizer
     ]
 
 
+# ------------------------------------------------------------------------------ word units
+
+
+def _utf16(text: str, i: int) -> int:
+    """JS string index of Python character offset `i`."""
+    return len(text[:i].encode("utf-16-le")) // 2
+
+
+def _python_units(text: str, tokenizer, rules) -> dict:
+    from pocket_tts_onnx.errors import InvalidInputError
+    from pocket_tts_onnx.text import text_to_chunk_tokens
+    from pocket_tts_onnx.word_units import map_chunks, source_words
+
+    raw = [list(s) for s in tokenizer.piece_spans(text)[0]]
+    try:
+        chunks = text_to_chunk_tokens(text, tokenizer, rules)
+    except InvalidInputError:
+        return {"raw": raw, "error": True}
+    units = map_chunks(text, [c.text for c in chunks], tokenizer)
+    out = []
+    for chunk, cu in zip(chunks, units, strict=True):
+        spans, in_bytes = tokenizer.piece_spans(chunk.text)
+        at = lambda i, t=chunk.text: _utf16(t, i)  # noqa: E731
+        out.append(
+            {
+                "spans": [list(s) for s in spans],
+                "inBytes": in_bytes,
+                "units": [
+                    [at(u.begin), at(u.end), u.word.index if u.word else -1, u.synthetic]
+                    for u in cu.units
+                ],
+                "matrix": cu.token_to_unit.ravel().tolist(),
+            }
+        )
+    words = [[_utf16(text, w.begin), _utf16(text, w.end)] for w in source_words(text)]
+    return {"raw": raw, "words": words, "chunks": out}
+
+
+def test_js_word_units_match_python(tokenizer_cases, converted_tokenizers, tmp_path):
+    """Word timestamps locate words the same way in JS: the same source words, chunk units
+    (offsets as JS string indices), token spans and token-to-unit shares as `map_chunks`, on
+    the corpus and unicode-heavy strings, for SentencePiece models and tokenizer.json files
+    converted from them (the families the browser gives timestamps for). The token spans of
+    each raw text are compared too: chunk texts are decoded tokens, mostly normalized
+    already, so only raw text exercises the normalizers' alignments."""
+    from pocket_tts_onnx.runtime.tokenizer import load_tokenizer
+    from pocket_tts_onnx.text import TextRules
+
+    tokenizers = [(p, k) for label, k, p in tokenizer_cases if label != "hf_bpe"]
+    tokenizers += [(p, "tokenizers") for _, p in converted_tokenizers]
+    texts = [t for t in _CORPUS if len(t) < 2000] + _unicode_corpus(150)
+    rule_sets = [
+        TextRules(replace_characters={"‘": "'", "’": "'"}),
+        TextRules(capitalize_first_letter=False, max_tokens_per_chunk=20),
+    ]
+    cases = [
+        {"tokenizer": path, "kind": kind, "rules": r.to_dict(), "texts": texts}
+        for path, kind in tokenizers
+        for r in rule_sets
+    ]
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    js = _node("word-units.mjs", str(tmp_path / "cases.json"), timeout=300)
+    mismatches, compared, units = [], 0, 0
+    for case, results in zip(cases, js, strict=True):
+        tokenizer = load_tokenizer(case["tokenizer"], case["kind"])
+        rules = TextRules.from_dict(case["rules"])
+        for text, got in zip(texts, results, strict=True):
+            want = _python_units(text, tokenizer, rules)
+            got = {**got, "error": True} if "error" in got else got
+            compared += 1
+            units += sum(len(c["units"]) for c in want.get("chunks", []))
+            if got != want:
+                mismatches.append((Path(case["tokenizer"]).name, text, want, got))
+    assert units > 3 * compared  # the texts have words and marks: something was located
+    assert not mismatches, f"{len(mismatches)} of {compared} differ; first: {mismatches[0]!r}"[
+        :4000
+    ]
+
+
 # ------------------------------------------------------------------------------ build
 
 
@@ -439,21 +527,24 @@ def test_js_truncated_noise_has_no_redraw_loop():
     assert np.allclose(got["erf"], want, rtol=1e-9, atol=1e-9), (got["erf"], want)
 
 
-def test_js_parameters_switch_is_checked_and_timestamps_refused():
+def test_js_parameters_switch_is_checked_and_timestamps_refused(int8_bundle):
     """The one parameter list reaches the browser with its switch (`timestamps`): a non-bool
-    is refused like in Python, and true is refused clearly (no word timestamps in JS yet)
-    instead of giving audio without words."""
+    is refused like in Python; true is refused with Python's typed error and fix when the
+    bundle has no heads, and taken when it has them."""
     script = """
     import { PocketTTS } from "./src/pocket-tts.js";
-    const fake = { manifest: { defaults: { temperature: 0.7, decode_steps: 1,
-      eos_threshold: -4, frames_after_eos: null, noise_clamp: null } } };
+    const engine = (timestamps) => Object.assign(Object.create(PocketTTS.prototype), {
+      manifest: { timestamps, defaults: { temperature: 0.7, decode_steps: 1,
+        eos_threshold: -4, frames_after_eos: null, noise_clamp: null } },
+      fastKv: true, _hasQueries: true, tokenizer: null });
     const out = {};
-    for (const [name, value] of [["off", false], ["on", true], ["bad", "yes"]]) {
+    for (const [name, value, heads] of [["off", false, null], ["on", true, null],
+        ["bad", "yes", null], ["heads", true, { heads: [[0, 1]] }]]) {
       try {
-        out[name] = PocketTTS.prototype._params.call(fake, { timestamps: value }).timestamps;
-      } catch (e) { out[name] = `${e.name}: ${e.message}`; }
+        out[name] = engine(heads)._params({ timestamps: value }).timestamps;
+      } catch (e) { out[name] = `${e.name}: ${e.message} (${e.param})`; }
     }
-    out.default = PocketTTS.prototype._params.call(fake, {}).timestamps;
+    out.default = engine(null)._params({}).timestamps;
     console.log(JSON.stringify(out));
     """
     proc = subprocess.run(
@@ -465,9 +556,14 @@ def test_js_parameters_switch_is_checked_and_timestamps_refused():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout)
-    assert got["off"] is False and got["default"] is False
-    assert got["on"].startswith("InvalidInputError: timestamps: the browser runtime"), got
-    assert got["bad"] == "InvalidInputError: timestamps must be true or false, got yes", got
+    from pocket_tts_onnx import PocketTTSOnnx, TimestampsUnavailableError
+
+    assert got["off"] is False and got["default"] is False and got["heads"] is True
+    assert not _manifest(int8_bundle).get("timestamps")
+    with pytest.raises(TimestampsUnavailableError) as python:
+        PocketTTSOnnx.load(int8_bundle, precision="int8").stream("Hi.", timestamps=True)
+    assert got["on"] == f"TimestampsUnavailableError: {python.value} (timestamps)", got
+    assert got["bad"].startswith("InvalidInputError: timestamps must be true or false, got yes")
 
 
 # ------------------------------------------------------------------------- fast-KV engine
@@ -515,6 +611,207 @@ def test_js_fast_kv_matches_contract_graph_and_python(node_engine_runs, engine, 
             assert step.shape == contract.shape and np.abs(step - contract).max() <= 1e-5
             _assert_close(step, engine.generate(text, voice, temperature=0.0))
     assert runs["voiceStates"] and max(runs["voiceStates"].values()) <= 1e-5, runs["voiceStates"]
+
+
+# ------------------------------------------------------------------------- word timestamps
+
+
+def _word_rows(text: str, events) -> list[list]:
+    """WordEvents as the JS engine reports them (offsets as JS string indices)."""
+    return [
+        [w.text, w.index, _utf16(text, w.char_start), _utf16(text, w.char_end), w.start, w.end]
+        for w in events
+    ]
+
+
+def _same_words(got: list, want: list) -> None:
+    assert [e[:4] for e in got] == [e[:4] for e in want]
+    for a, b in zip(got, want, strict=True):
+        assert a[4] == pytest.approx(b[4], abs=1e-6)
+        assert (a[5] is None) == (b[5] is None)
+        assert a[5] is None or a[5] == pytest.approx(b[5], abs=1e-6)
+
+
+def test_js_word_timestamps_match_python(bundle, engine, tmp_path):
+    """Word timestamps in JS (timestamps: true) give the Python engine's events: the same
+    words in order, character spans and start/end times, for punctuation, numbers, several
+    chunks and unicode, at the default EOS and a later one (random weights then speak more
+    frames); also through latents() as the decoder worker gets them, and from generate().
+    The contract-graph path refuses them (no queries)."""
+    eos_thresholds = [None, 2.0]
+    plan = {
+        "bundle": str(bundle),
+        "precision": "fp32",
+        "outDir": str(tmp_path),
+        "texts": {},
+        "timestamps": {"texts": TIMESTAMP_TEXTS, "eosThresholds": eos_thresholds},
+    }
+    (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    js = _node("engine.mjs", str(tmp_path / "plan.json"), timeout=300)
+    moved, compared = 0, 0
+    for name, text in TIMESTAMP_TEXTS.items():
+        chunks = len(list(engine.core.chunks(text)))
+        for i, eos in enumerate(eos_thresholds):
+            got = js["words"][f"{name}#{i}"]
+            samples, events = 0, []
+            stream = engine.stream(
+                text, _no_voice(), timestamps=True, temperature=0.0, eos_threshold=eos
+            )
+            for chunk in stream:
+                samples += chunk.samples.shape[0]
+                events += chunk.words
+            want = _word_rows(text, events)
+            assert got["samples"] == samples, (name, eos)
+            for way in ("stream", "pipeline"):
+                _same_words(got[way], want)
+            _same_words(got["generated"], [e for e in want if e[5] is not None])
+            finished = sum(e[5] is not None for e in want)
+            moved += finished > chunks  # attention moved past a chunk's first word
+            compared += len(want)
+    assert compared >= 4 * len(TIMESTAMP_TEXTS) and moved >= 2, (compared, moved)
+    assert js["refused"].startswith("TimestampsUnavailableError: timestamps: word timestamps need")
+
+
+def _synthetic_aligner_cases(rng) -> list[dict]:
+    """Chunks of words and marks with attention that walks forward (with noise, silent
+    frames and runs of weak attention), as the rule sees them."""
+    from pocket_tts_onnx.word_units import SourceWord
+
+    cases = []
+    for _ in range(300):
+        units = []
+        for k in range(int(rng.integers(1, 9))):
+            if rng.random() < 0.3:
+                units.append((None, bool(rng.random() < 0.3)))
+            units.append((SourceWord(f"w{k}", k, 3 * k, 3 * k + 2), False))
+        if rng.random() < 0.7:
+            units.append((None, bool(rng.random() < 0.5)))
+        n, frames, focus = len(units), [], 0.0
+        for i in range(int(rng.integers(3, 60))):
+            focus = min(n - 1, focus + rng.exponential(0.3))
+            scores = rng.random(n).astype(np.float32) * np.float32(0.2)
+            scores[int(focus)] += np.float32(0.8)
+            if rng.random() < 0.15:  # weak: nothing holds, a later unit may lead
+                scores = rng.random(n).astype(np.float32) * np.float32(0.002)
+            frames.append((scores / scores.sum(), bool(rng.random() > 0.25), 0.08 * i))
+        cases.append({"units": units, "frames": frames, "finish": 0.08 * len(frames)})
+    return cases
+
+
+def _synthetic_score_cases(rng) -> list[dict]:
+    from pocket_tts_onnx.word_units import ChunkUnits, SourceWord, Unit
+
+    cases = []
+    for _ in range(40):
+        layers, heads, kv_heads, d = 3, 4, 2, 8
+        start = int(rng.integers(0, 6))
+        tokens = int(rng.integers(1, 12))
+        capacity = start + tokens + int(rng.integers(0, 5))
+        n_units = int(rng.integers(1, 6))
+        matrix = rng.random((tokens, n_units)).astype(np.float32)
+        matrix[rng.random((tokens, n_units)) < 0.5] = 0
+        matrix /= np.maximum(matrix.sum(axis=1, keepdims=True), 1e-6)
+        units = ChunkUnits(
+            tuple(Unit(i, i + 1, SourceWord("w", i, i, i + 1)) for i in range(n_units)),
+            matrix.astype(np.float32),
+        )
+        chosen = [(0, 3), (2, 1), (2, 2)][: int(rng.integers(1, 4))]
+        queries = rng.standard_normal((layers, heads, d)).astype(np.float32)
+        keys = {
+            layer: rng.standard_normal((kv_heads, capacity, d)).astype(np.float32)
+            for layer, _ in chosen
+        }
+        cases.append(
+            {"units": units, "heads": chosen, "start": start, "queries": queries, "keys": keys}
+        )
+    return cases
+
+
+def test_js_word_rule_matches_python_on_synthetic_attention(tmp_path):
+    """The start/end rule in JS (WordAligner, voicing, the attention scores) gives the
+    Python rule's results on synthetic inputs that reach every word and every branch
+    (random weights rarely move past the first words): the expected events are computed
+    here by runtime/timestamps.py."""
+    from pocket_tts_onnx.runtime.timestamps import TextTiming, WordAligner, is_voiced
+    from pocket_tts_onnx.word_units import ChunkUnits, Unit
+
+    rng = np.random.default_rng(18)
+    aligner_cases = _synthetic_aligner_cases(rng)
+    score_cases = _synthetic_score_cases(rng)
+    voiced = [
+        (rng.standard_normal(1920) * scale).astype(np.float32)
+        for scale in (0.0, 1e-4, 5e-4, 2e-3, 0.1)
+    ] + [np.zeros(0, np.float32)]
+    payload = {
+        "aligner": [
+            {
+                "units": [
+                    {
+                        "word": w
+                        and {"text": w.text, "index": w.index, "begin": w.begin, "end": w.end},
+                        "synthetic": syn,
+                    }
+                    for w, syn in c["units"]
+                ],
+                "frames": [{"scores": s.tolist(), "voiced": v, "t": t} for s, v, t in c["frames"]],
+                "finish": c["finish"],
+            }
+            for c in aligner_cases
+        ],
+        "voiced": [a.tolist() for a in voiced],
+        "scores": [
+            {
+                "units": {
+                    "units": [{"word": None, "synthetic": False}] * len(c["units"].units),
+                    "tokens": int(c["units"].token_to_unit.shape[0]),
+                    "tokenToUnit": c["units"].token_to_unit.ravel().tolist(),
+                },
+                "heads": [list(h) for h in c["heads"]],
+                "start": c["start"],
+                "end": c["start"] + int(c["units"].token_to_unit.shape[0]),
+                "queries": c["queries"].ravel().tolist(),
+                "dims": [1, *c["queries"].shape],
+                "keys": {
+                    str(layer): {
+                        "data": k.ravel().tolist(),
+                        "heads": k.shape[0],
+                        "capacity": k.shape[1],
+                    }
+                    for layer, k in c["keys"].items()
+                },
+            }
+            for c in score_cases
+        ],
+    }
+    (tmp_path / "cases.json").write_text(json.dumps(payload), encoding="utf-8")
+    js = _node("timestamps.mjs", str(tmp_path / "cases.json"), timeout=60)
+
+    moves = silent_closes = complete = 0
+    for case, got in zip(aligner_cases, js["aligner"], strict=True):
+        units = ChunkUnits(
+            tuple(Unit(0, 0, w, syn) for w, syn in case["units"]), np.zeros((0, 0), np.float32)
+        )
+        aligner, want = WordAligner(units), []
+        for scores, voice, t in case["frames"]:
+            events = aligner.frame(scores, voice, t)
+            moves += len(events) == 2
+            silent_closes += bool(events) and not voice
+            want += events
+        complete += aligner.open is None and aligner.next == len(units.word_units)
+        want += aligner.finish(case["finish"])
+        rows = [[e.text, e.index, e.char_start, e.char_end, e.start, e.end] for e in want]
+        got = [
+            [e["text"], e["index"], e["charStart"], e["charEnd"], e["start"], e["end"]] for e in got
+        ]
+        _same_words(got, rows)
+    assert moves > 100 and silent_closes > 20 and complete > 20, (moves, silent_closes, complete)
+    assert js["voiced"] == [is_voiced(a) for a in voiced]
+    assert True in js["voiced"] and False in js["voiced"][:-1]
+    for case, got in zip(score_cases, js["scores"], strict=True):
+        n = case["units"].token_to_unit.shape[0]
+        timing = TextTiming(case["units"], case["heads"], case["start"], case["start"] + n)
+        want = timing.scores(case["queries"], case["keys"])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture(scope="session")
@@ -583,14 +880,17 @@ def test_js_loads_an_int8_only_bundle(int8_bundle, tmp_path):
 def bundle(tmp_path_factory) -> Path:
     """The demo bundle with at least two predefined voices: the exporter's own, plus voices
     computed here from noise prompts, listed as the manifest lists them ({name: {file,
-    sha256, origin}}, default_voice)."""
+    sha256, origin}}, default_voice); with word-timestamp heads (on these random weights
+    L1H1,L0H1 move past the first word more often than other pairs)."""
     from pocket_tts_onnx import PocketTTSOnnx
     from pocket_tts_onnx.export.loading import ModelSource
     from pocket_tts_onnx.export.pipeline import export_bundle
     from pocket_tts_onnx.manifest import file_sha256
 
     out = tmp_path_factory.mktemp("web-bundle") / "bundle"
-    export_bundle(ModelSource(demo=True), out, quantize=False, verify=False)
+    export_bundle(
+        ModelSource(demo=True), out, quantize=False, verify=False, timestamp_heads=TIMESTAMP_HEADS
+    )
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     voices = manifest.get("voices") or {}
     tts = PocketTTSOnnx.load(out, precision="fp32")
@@ -787,6 +1087,35 @@ def test_page_voice_npz_matches_python(page, engine, voice_files):
 
 
 @needs_browser
+def test_page_highlights_the_spoken_word(page, engine):
+    """With "Word timestamps" checked (enabled: the bundle has heads), the page shows the
+    text with one span per word and highlights a word while the audio plays; the events it
+    got through the decoder worker are the Python engine's, and the audio is unchanged."""
+    from pocket_tts_onnx.word_units import source_words
+
+    assert page["timestampsEnabled"]
+    run = page["runs"]["timestamps"]
+    _assert_close(
+        _samples(page, "timestamps"), engine.generate(LONG_TEXT, _no_voice(), temperature=0.0)
+    )
+    words = [w.text for w in source_words(LONG_TEXT)]
+    assert run["spans"] == words
+    assert run["highlight"] in words, run["highlight"]
+    events = [
+        w
+        for c in engine.stream(LONG_TEXT, _no_voice(), timestamps=True, temperature=0.0)
+        for w in c.words
+    ]
+    got = [
+        [w["text"], w["index"], w["charStart"], w["charEnd"], w["start"], w["end"]]
+        for w in run["words"]
+    ]
+    _same_words(got, _word_rows(LONG_TEXT, events))
+    # Only words the events timed were highlighted (on the playback clock).
+    assert run["highlighted"] and set(run["highlighted"]) <= {w.index for w in events}
+
+
+@needs_browser
 def test_page_shows_readable_errors(page):
     empty = page["runs"]["empty"]
     assert "empty" in empty["error"] and empty["stats"] is None
@@ -868,6 +1197,6 @@ def test_page_speed_options_keep_the_samples(server, engine, bundle, tmp_path):
 
 @needs_browser
 def test_page_screenshots(page):
-    for name in ("demo.png", "demo-error.png", "demo-phone.png"):
+    for name in ("demo.png", "demo-error.png", "demo-phone.png", "demo-words.png"):
         data = (OUTPUT / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000

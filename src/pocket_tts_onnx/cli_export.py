@@ -7,6 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
+from pocket_tts_onnx.specs import KV_DTYPES
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model source (default: --language english)")
@@ -45,6 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["fp32", "int8", "fp32+int8"],
         help="graphs to ship; int8 writes an INT8-only bundle, FP32 still exported and "
         "verified, then left out (default: fp32, fp32+int8 with --quantize)",
+    )
+    p.add_argument(
+        "--kv-dtype",
+        choices=list(KV_DTYPES),
+        default="fp32",
+        help="how the runtime's flow-LM K/V cache is stored: fp16 halves its memory per "
+        "position at a small parity cost (docs/bench.md); the contract graphs stay fp32 "
+        "(default: fp32, exact)",
     )
     p.add_argument(
         "--no-verify", action="store_true", help="skip the parity check (default: verify)"
@@ -108,6 +118,7 @@ def run(args) -> None:
         voices=voices,
         precision=args.precision,
         timestamp_heads=args.timestamp_heads,
+        kv_dtype=args.kv_dtype,
     )
     by_graph = {r.graph: r for r in reports}
     w = max(18, *(len(name) + 2 for name in manifest.graphs))

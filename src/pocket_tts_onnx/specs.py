@@ -22,6 +22,14 @@ FLOW_TIME_INPUTS = {"lsd": ("s", "t"), "flow_matching": ("t",), "drifting": (), 
 # FP32 graphs must match upstream within this max |delta| relative to the output's scale.
 FP32_RELATIVE_TOLERANCE = 1e-4
 
+# K/V storage of flow_lm_step (`export --kv-dtype`): option value -> tensor dtype. float16
+# halves the buffers; the graph casts them to float32 and computes in float32.
+KV_DTYPES = {"fp32": "float32", "fp16": "float16"}
+# flow_lm_step with float16 K/V vs upstream (max |delta| / scale): each cached key and value
+# is rounded to 11 significant bits (relative error <= 2**-11 = 4.9e-4 each), about two such
+# roundings. Measured worst: 7.9e-5 on the full english model, 5.6e-5 on the test models.
+FP16_KV_RELATIVE_TOLERANCE = 1e-3
+
 
 # Largest fixed axis a graph spec may declare (d_model of the released models is 1024).
 MAX_AXIS = 1 << 16
@@ -143,6 +151,11 @@ class BufferSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> BufferSpec:
+        if d["dtype"] not in KV_DTYPES.values():
+            raise ValueError(
+                f"buffer {d['name']!r}: dtype {d['dtype']!r} is not one of "
+                f"{sorted(KV_DTYPES.values())}"
+            )
         return cls(**{**d, "shape": _checked_shape(d["shape"], d["name"])})
 
 
@@ -255,8 +268,9 @@ def _batched_state(spec: StateSpec) -> StateSpec:
     return StateSpec(**{**spec.to_dict(), "shape": ["batch", *spec.shape[1:]]})
 
 
-def step_buffers(flow_lm_states: list[StateSpec]) -> list[BufferSpec]:
-    """One read-only buffer per K/V state of flow_lm_main (its counter becomes `position`)."""
+def step_buffers(flow_lm_states: list[StateSpec], dtype: str = "float32") -> list[BufferSpec]:
+    """One read-only buffer per K/V state of flow_lm_main (its counter becomes `position`),
+    stored as `dtype`."""
     buffers = []
     for i, state in enumerate(s for s in flow_lm_states if s.upstream_key.startswith("cache.")):
         part = state.upstream_key.removeprefix("cache.")
@@ -268,7 +282,7 @@ def step_buffers(flow_lm_states: list[StateSpec]) -> list[BufferSpec]:
                 state=state.name,
                 upstream_module=state.upstream_module,
                 upstream_key=state.upstream_key,
-                dtype=state.dtype,
+                dtype=dtype,
                 shape=["batch", state.shape[1], "capacity", state.shape[3]],
             )
         )
@@ -284,10 +298,13 @@ def build_graph_specs(
     num_heads: int,
     flow_lm_states: list[StateSpec],
     mimi_decoder_states: list[StateSpec],
+    kv_dtype: str = "fp32",
 ) -> dict[str, GraphSpec]:
     """The graph contract for one model. `head_dim` is Dz (z_dim, or d_model without it);
-    `num_heads` the flow LM's query heads per layer."""
+    `num_heads` the flow LM's query heads per layer; `kv_dtype` (a KV_DTYPES key) how
+    flow_lm_step stores K/V (the contract graph flow_lm_main's states stay float32)."""
     f32 = "float32"
+    kv = KV_DTYPES[kv_dtype]
     kv_states = [s for s in flow_lm_states if s.upstream_key == "cache.k"]
     layers, attn_head_dim = len(kv_states), kv_states[0].shape[3]
     times = [TensorSpec(t, f32, ["batch", 1]) for t in FLOW_TIME_INPUTS[flow_type]]
@@ -338,7 +355,8 @@ def build_graph_specs(
                 TensorSpec("eos_logit", f32, ["batch", 1]),
                 TensorSpec("queries", f32, ["batch", layers, num_heads, attn_head_dim]),
             ],
-            buffers=step_buffers(flow_lm_states),
+            buffers=step_buffers(flow_lm_states, kv),
+            tolerance=FP32_RELATIVE_TOLERANCE if kv == f32 else FP16_KV_RELATIVE_TOLERANCE,
         ),
         GraphSpec(
             "mimi_decoder_batched",

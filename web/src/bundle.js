@@ -1,7 +1,10 @@
 // Reading a bundle over HTTP: the manifest checks, file fetching with sha256 verification,
-// and the zero-initialised states every runtime starts from (docs/state-design.md).
+// ONNX Runtime sessions for the graphs of one precision, the tokenizer, and the
+// zero-initialised states every runtime starts from (docs/state-design.md).
 
 import * as ort from "onnxruntime-web/wasm";
+
+import { loadTokenizer } from "./tokenizer.js";
 
 export const GRAPH_NAMES = [
   "text_conditioner",
@@ -96,7 +99,7 @@ export async function fetchManifest(url) {
   return { manifest, base: new URL(".", manifestUrl) };
 }
 
-export function checkManifest(m, url, textRuleKeys = null) {
+export function checkManifest(m, url) {
   if (!m || typeof m !== "object" || Array.isArray(m)) {
     throw new BundleError(`${url} does not hold a JSON object`);
   }
@@ -113,14 +116,6 @@ export function checkManifest(m, url, textRuleKeys = null) {
   }
   if (!FLOW_TYPES.includes(m.flow_type)) {
     throw new BundleError(`unknown flow head type ${JSON.stringify(m.flow_type)} in ${url}`);
-  }
-  if (textRuleKeys) {
-    const unknown = Object.keys(m.text).filter((k) => !textRuleKeys.includes(k));
-    if (unknown.length) {
-      throw new BundleError(
-        `unknown text rule(s) ${unknown.join(", ")} in the bundle: it may come from a newer exporter`,
-      );
-    }
   }
   for (const name of GRAPH_NAMES) {
     if (!m.graphs[name]) throw new BundleError(`${url} lists no graph ${name}`);
@@ -179,4 +174,73 @@ export async function createSession(bytes, file, device = "wasm", externalData =
   } catch (e) {
     throw new BundleError(`ONNX Runtime cannot load ${file}: ${e.message}`);
   }
+}
+
+/** Fetch the manifest, then create a session for each of `graphs` at `precision` (with
+ * `fastKv`, flow_lm_step replaces flow_lm_main when the bundle has it for that precision)
+ * and load the tokenizer when text_conditioner is among them. Options as PocketTTS.load.
+ * Returns {manifest, base, sessions, tokenizer}. */
+export async function openBundle(url, { precision, verifyChecksums, onProgress, graphs, device,
+  fastKv, spinning }) {
+  onProgress(`reading ${url}`);
+  const { manifest, base } = await fetchManifest(url);
+  const held = manifest.precisions ?? ["fp32", "int8"]; // schema 2 did not record them
+  if (!held.includes(precision)) {
+    throw new BundleError(
+      `this bundle has ${held.join(" and ")} graphs only, no ${precision}: ` +
+        (precision === "int8"
+          ? "re-export with --quantize, or use fp32"
+          : "it was exported with --precision int8; use int8"),
+    );
+  }
+  const sessions = {};
+  const step = manifest.graphs.flow_lm_step;
+  if (fastKv && step?.files?.[precision] && step.buffers?.length) {
+    // KVCache holds float32 rows: a step graph exported with `--kv-dtype fp16` is left out
+    // and the contract graph flow_lm_main (float32 states) runs instead.
+    const other = step.buffers.find((b) => b.dtype !== "float32");
+    if (other) {
+      onProgress(`flow_lm_step stores K/V as ${other.dtype}, which this runtime does not ` +
+        "read: running flow_lm_main instead");
+    } else {
+      graphs = graphs.map((g) => (g === "flow_lm_main" ? "flow_lm_step" : g));
+    }
+  }
+  const fetched = new Map(); // file -> bytes: a file two graphs read is fetched once
+  const fetchOnce = (file, entry, what) => {
+    if (!fetched.has(file)) {
+      fetched.set(file, fetchChecked(base, file, entry.sha256?.[file], what, verifyChecksums));
+    }
+    return fetched.get(file);
+  };
+  for (const name of graphs) {
+    const entry = manifest.graphs[name];
+    if (!entry) throw new BundleError(`the bundle lists no graph ${name}`);
+    const file = entry.files[precision];
+    if (!file) {
+      throw new BundleError(
+        `the bundle has no ${precision} file for ${name}: re-export with --quantize, or use fp32`,
+      );
+    }
+    onProgress(`loading ${file}`);
+    const bytes = await fetchOnce(file, entry, name);
+    // The files its weights are read from (ONNX external data), named as in the graph.
+    const externalData = [];
+    for (const data of entry.external?.[precision] ?? []) {
+      onProgress(`loading ${data} (weights of ${name})`);
+      externalData.push({
+        path: data.split("/").pop(),
+        data: await fetchOnce(data, entry, `weights of ${name}`),
+      });
+    }
+    sessions[name] = await createSession(bytes, file, device, externalData, spinning);
+  }
+  let tokenizer = null;
+  if (graphs.includes("text_conditioner")) {
+    onProgress("loading the tokenizer");
+    const t = manifest.tokenizer;
+    const bytes = await fetchChecked(base, t.file, t.sha256, "the tokenizer", verifyChecksums);
+    tokenizer = loadTokenizer(bytes, t.kind);
+  }
+  return { manifest, base, sessions, tokenizer };
 }

@@ -2,12 +2,17 @@
 // Python engine's stream() overlaps them in two threads. Latents arrive on a MessagePort
 // from the engine worker; audio chunks go to the page. Like the Python consumer, a text
 // chunk's first audio waits for `firstChunkFrames` latents, later calls take whatever is
-// ready (at most max_decode_frames per Mimi call, see decoder.js).
+// ready (at most max_decode_frames per Mimi call, see decoder.js). With word timestamps the
+// latents come with their scores and the word events are decided here, where the audio is
+// (timestamps.js WordTimeline), and sent with the chunks.
 //
-// Messages in (page): load, stop, "engine-port". Out: loaded, chunk, done, error.
+// Messages in (page): load, stop, "engine-port". Out: loaded, chunk ({samples,
+// textChunkIndex, words}), done, error.
 
 import { maxDecodeFrames } from "./decoder.js";
 import { ort, PocketTTS } from "./pocket-tts.js";
+import { WordTimeline } from "./timestamps.js";
+import { breathe, describe, sendChunk } from "./worker-common.js";
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
 
@@ -15,25 +20,16 @@ let tts = null;
 let pending = []; // latent/end events not decoded yet
 let running = false;
 const stopped = new Set(); // ids of stopped syntheses
-let job = null; // {id, decoder, block, need, index, firstFrames}
+let job = null; // {id, decoder, block, scores, need, index, firstFrames, timeline}
 let minFrames = 1; // latents per Mimi call after the first chunk (the page's dmin)
-
-const breathe = () =>
-  new Promise((resolve) => {
-    const channel = new MessageChannel();
-    channel.port1.onmessage = resolve;
-    channel.port2.postMessage(null);
-  });
-
-function send(samples, id, textChunkIndex) {
-  const out = samples.slice(); // ours to transfer: ORT may still own the original
-  postMessage({ type: "chunk", id, samples: out, textChunkIndex }, [out.buffer]);
-}
 
 async function flush() {
   if (job.block.length) {
-    send(await job.decoder.decode(job.block), job.id, job.index);
+    const samples = await job.decoder.decode(job.block);
+    const words = job.timeline ? job.timeline.frames(samples, job.scores) : [];
+    sendChunk(job.id, samples, job.index, words);
     job.block = [];
+    job.scores = [];
     job.need = Math.min(minFrames, maxDecodeFrames(tts.manifest));
   }
 }
@@ -54,7 +50,11 @@ async function drain() {
         if (e.type === "start") {
           tts.profile = {};
           const first = e.firstChunkFrames;
-          job = { id: e.id, decoder: null, block: [], need: first, index: 0, firstFrames: first };
+          const timeline = e.timestamps ? new WordTimeline(tts.sampleRate) : null;
+          job = {
+            id: e.id, decoder: null, block: [], scores: [], need: first, index: 0,
+            firstFrames: first, timeline,
+          };
         } else if (!job || job.id !== e.id) {
           continue; // a synthesis this worker was told to drop
         } else if (e.type === "end") {
@@ -63,21 +63,24 @@ async function drain() {
           job = null;
         } else if (e.latent === null) {
           await flush();
+          const words = job.timeline ? job.timeline.endChunk() : [];
+          if (words.length) sendChunk(job.id, new Float32Array(0), job.index, words);
         } else {
           if (e.first) {
             await flush();
             job.decoder = tts.newDecoder();
             job.need = job.firstFrames;
             job.index = e.textChunkIndex;
+            job.timeline?.beginChunk(e.units);
           }
           job.block.push(e.latent);
+          job.scores.push(e.scores);
         }
       }
       if (job && job.block.length && job.block.length >= job.need) await flush();
     }
   } catch (error) {
-    const message = error?.message || String(error);
-    postMessage({ type: "error", id: job?.id, during: "generate", message });
+    postMessage({ type: "error", id: job?.id, during: "generate", message: describe(error) });
     if (job) stopped.add(job.id);
     job = null;
   } finally {
@@ -109,7 +112,7 @@ onmessage = async ({ data, ports }) => {
       });
       postMessage({ type: "loaded", devices: tts.devices });
     } catch (error) {
-      postMessage({ type: "error", during: "load", message: error?.message || String(error) });
+      postMessage({ type: "error", during: "load", message: describe(error) });
     }
   }
 };

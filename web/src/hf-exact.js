@@ -62,7 +62,7 @@ function patchPreTokenizer(instance, config) {
   }
 }
 
-class UnigramExact {
+export class UnigramExact {
   constructor(config) {
     this.pieces = config.vocab.map(([piece]) => piece);
     this.scores = config.vocab.map(([, score]) => score);
@@ -84,7 +84,7 @@ class UnigramExact {
     }
   }
 
-  // Best segmentation of one pre-token: [[piece string, id or -1 for unknown], ...].
+  // Best segmentation of one pre-token's characters: [[begin, end, id or -1 for unknown]].
   _viterbi(chars) {
     const n = chars.length;
     const score = new Float64Array(n + 1).fill(-Infinity);
@@ -111,38 +111,43 @@ class UnigramExact {
       if (!single) offer(begin, begin + 1, score[begin] + this.unkScore, -1);
     }
     const out = [];
-    for (let end = n; end > 0; end = from[end]) {
-      out.push([chars.slice(from[end], end).join(""), ids[end]]);
-    }
+    for (let end = n; end > 0; end = from[end]) out.push([from[end], end, ids[end]]);
     return out.reverse();
   }
 
-  encode(tokens) {
-    const result = [];
-    for (const token of tokens) {
-      const fused = [];
-      let unknown = "";
-      for (const [piece, id] of this._viterbi(Array.from(token))) {
-        if (id < 0 || id === this.unkId) {
-          unknown += piece;
-          continue;
-        }
-        if (unknown) fused.push(unknown);
-        unknown = "";
-        fused.push(piece);
+  /** The tokens of one pre-token: [piece, begin, end] in its characters; the byte pieces
+   * of an unknown run all span the run, as the crate reports their offsets. */
+  tokenize(token) {
+    const chars = Array.from(token);
+    const fused = [];
+    let unknown = null; // [begin, end] of the current run of unknown characters
+    for (const [begin, end, id] of this._viterbi(chars)) {
+      if (id < 0 || id === this.unkId) {
+        unknown = unknown ? [unknown[0], end] : [begin, end];
+        continue;
       }
       if (unknown) fused.push(unknown);
-      for (const piece of fused) {
-        if (this.ids.has(piece) || !this.byteFallback) {
-          result.push(piece); // unknown strings map to the unknown id
-          continue;
-        }
-        const bytes = Array.from(utf8.encode(piece), (b) =>
-          `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
-        result.push(...(bytes.every((b) => this.ids.has(b)) ? bytes : [piece]));
+      unknown = null;
+      fused.push([begin, end]);
+    }
+    if (unknown) fused.push(unknown);
+    const result = [];
+    for (const [begin, end] of fused) {
+      const piece = chars.slice(begin, end).join("");
+      if (this.ids.has(piece) || !this.byteFallback) {
+        result.push([piece, begin, end]); // unknown strings map to the unknown id
+        continue;
       }
+      const bytes = Array.from(utf8.encode(piece), (b) =>
+        `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
+      if (bytes.every((b) => this.ids.has(b))) result.push(...bytes.map((b) => [b, begin, end]));
+      else result.push([piece, begin, end]);
     }
     return result;
+  }
+
+  encode(tokens) {
+    return tokens.flatMap((token) => this.tokenize(token).map(([piece]) => piece));
   }
 }
 
@@ -154,6 +159,7 @@ export function makeExact(tokenizer, json) {
     const exact = new UnigramExact(json.model);
     tokenizer.model.encode = (tokens) => exact.encode(tokens);
     tokenizer.model.fuse_unk = false; // done above, the Rust way
+    tokenizer.unigramExact = exact; // token spans use it (hf-spans.js)
   }
   return tokenizer;
 }

@@ -86,6 +86,13 @@ export class KVCache {
     return feeds;
   }
 
+  /** Layer `layer`'s key buffer ([H_kv, capacity, d], flat), for word-timestamp scores. */
+  keys(layer) {
+    const spec = this.specs.find((b) => b.name === `cache_k_${layer}`);
+    if (!spec) throw new Error(`word timestamps: the flow LM has no K buffer cache_k_${layer}`);
+    return { data: this.arrays[spec.name], heads: spec.shape[1], capacity: this.capacity };
+  }
+
   /** Write a step's new rows (outputs [1, H, n, d]) at `position` and advance it. */
   append(outputs) {
     const n = outputs[this.specs[0].output_name].dims[2];

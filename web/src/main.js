@@ -1,6 +1,9 @@
-// The demo page: drives the workers, plays chunks as they arrive, measures speed.
+// The demo page: the form and its controls; drives the workers, plays chunks as they arrive
+// (player.js), measures speed, and with "Word timestamps" highlights the word being spoken,
+// on the playback clock (word-highlight.js).
 // For automated tests it exposes window.__state ("loading" | "ready" | "generating" |
-// "error"), __lastAudio (Float32Array of the last synthesis), __chunks, __stats, __voice.
+// "error"), __lastAudio (Float32Array of the last synthesis), __chunks, __stats, __voice,
+// __words (the word events received) and __highlighted (indices of the words highlighted).
 //
 // Two workers by default: the engine (text, flow LM, flow head) sends latents straight to a
 // decoder worker (Mimi), so both run at once. Query options: bundle, precision, threads
@@ -13,6 +16,8 @@
 // frames=N (fixed length: maxFrames and no EOS, for benchmarks).
 
 import { encodeWav, parseWav } from "./audio.js";
+import { Player } from "./player.js";
+import { WordHighlight } from "./word-highlight.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -45,10 +50,10 @@ let loadsPending = 0; // workers still loading the bundle
 let decoderDevices = {}; // execution provider of the decoder worker's session
 
 let model = null; // info from the worker's "loaded" message
-let audioContext = null;
-let playhead = 0;
 let job = null; // the synthesis in progress
 let jobCounter = 0;
+const player = new Player();
+const highlight = new WordHighlight($("spoken"), player);
 
 function setState(state) {
   window.__state = state;
@@ -92,6 +97,7 @@ function load() {
   showError("");
   model = null;
   resetVoices();
+  $("timestamps").disabled = true;
   $("random-weights").hidden = true;
   setState("loading");
   status(`Loading ${$("bundle-url").value}…`);
@@ -119,37 +125,11 @@ function readParams() {
   const number = (id) => ($(id).value.trim() === "" ? null : Number($(id).value));
   const params = { temperature: number("temperature"), lsdSteps: number("lsd-steps"), seed: number("seed") };
   if (options.frames) Object.assign(params, { maxFrames: options.frames, eosThreshold: Infinity });
+  if (wantsTimestamps()) params.timestamps = true;
   return params;
 }
 
-// Web Audio at the model's rate (the browser resamples to the device). Playback is best
-// effort: without an audio device synthesis still runs and can be downloaded.
-function startPlayback() {
-  try {
-    if (!audioContext || audioContext.sampleRate !== model.sampleRate) {
-      audioContext?.close();
-      audioContext = new AudioContext({ sampleRate: model.sampleRate });
-    }
-    audioContext.resume();
-    playhead = audioContext.currentTime + 0.05;
-  } catch (e) {
-    audioContext = null;
-    console.warn("audio playback unavailable:", e);
-  }
-}
-
-function schedule(samples) {
-  if (!audioContext) return;
-  const buffer = audioContext.createBuffer(1, samples.length, model.sampleRate);
-  buffer.copyToChannel(samples, 0);
-  const source = audioContext.createBufferSource();
-  source.buffer = buffer;
-  source.connect(audioContext.destination);
-  // Never schedule in the past: a late chunk starts now (an audible gap, not a skip).
-  playhead = Math.max(playhead, audioContext.currentTime + 0.02);
-  source.start(playhead);
-  playhead += buffer.duration;
-}
+const wantsTimestamps = () => !$("timestamps").disabled && $("timestamps").checked;
 
 function play() {
   showError("");
@@ -157,8 +137,13 @@ function play() {
   window.__lastAudio = null;
   window.__stats = null;
   window.__chunks = 0;
-  startPlayback();
+  player.start(model.sampleRate);
   job = { id: ++jobCounter, start: performance.now(), firstMs: null, pieces: [], length: 0 };
+  highlight.reset();
+  if (wantsTimestamps()) {
+    const id = job.id;
+    highlight.start(id, $("text").value, () => job && job.id === id);
+  }
   ["stat-first", "stat-speed", "stat-audio", "stat-chunks"].forEach((id) => ($(id).textContent = "…"));
   setState("generating");
   status("Synthesizing…");
@@ -168,7 +153,8 @@ function play() {
 function stop() {
   worker.postMessage({ type: "stop" });
   decoderWorker?.postMessage({ type: "stop", id: job?.id });
-  audioContext?.suspend();
+  player.suspend();
+  highlight.stop();
   finish("Stopped.");
 }
 
@@ -271,6 +257,9 @@ function loaded() {
   $("temperature").value = model.temperature;
   $("lsd-steps").value = model.lsdSteps;
   $("voice-file").disabled = !model.voiceCloning;
+  // Word timestamps need a bundle with heads (a typed error says why otherwise).
+  $("timestamps").disabled = model.timestampsUnavailable !== null;
+  $("timestamps-label").title = model.timestampsUnavailable ?? "";
   fillVoices(model.voices, model.defaultVoice);
   window.__voice = model.defaultVoice ? { name: model.defaultVoice, kind: "bundle" } : null;
   $("voice-status").textContent = model.defaultVoice ? `Voice: ${model.defaultVoice}` : NO_VOICE;
@@ -297,6 +286,7 @@ function failed(data) {
   if (job) {
     worker.postMessage({ type: "stop" });
     decoderWorker?.postMessage({ type: "stop", id: job.id });
+    highlight.stop();
   }
   job = null;
   status("Ready.");
@@ -325,10 +315,15 @@ function onMessage({ data }) {
       break;
     case "chunk":
       if (!job || data.id !== job.id) return;
+      if (data.samples.length) {
+        const at = player.schedule(data.samples, model.sampleRate);
+        highlight.placed(job.length / model.sampleRate, at);
+        job.pieces.push(data.samples);
+        job.length += data.samples.length;
+      }
+      highlight.add(data.words);
+      if (!data.samples.length) break; // the last word's end, after the audio
       job.firstMs ??= performance.now() - job.start;
-      job.pieces.push(data.samples);
-      job.length += data.samples.length;
-      schedule(data.samples);
       $("stat-first").textContent = `${Math.round(job.firstMs)} ms`;
       $("stat-chunks").textContent = String(job.pieces.length);
       window.__chunks = job.pieces.length;

@@ -3,94 +3,20 @@
 // double-array, user-defined symbols kept verbatim, whitespace handling), its optimized
 // Viterbi (float32 scores; on ties the piece starting first wins), unknown-run merging and
 // byte fallback, and its decoder. Everything works on UTF-8 bytes, as the C++ library does.
+// pieceSpans() gives the library's offset_mapping (word timestamps locate tokens with it).
+
+import { parseModel, TYPE, UNIGRAM } from "./sentencepiece-model.js";
+import { wholeScalars } from "./token-spans.js";
 
 const SPACE = [0xe2, 0x96, 0x81]; // U+2581, the word-boundary symbol
 const SPACE_CHAR = "\u2581";
 const REPLACEMENT = [0xef, 0xbf, 0xbd];
-const TYPE = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 };
-const UNIGRAM = 1;
 const UNK_PENALTY = 10;
 const SCORE_RESET = 100000;
 const MAX_CHARSMAP_RESULTS = 32;
 
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder();
-
-// ------------------------------------------------------------------------- protobuf
-
-function* fields(bytes) {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let pos = 0;
-  const varint = () => {
-    let value = 0;
-    let scale = 1;
-    for (;;) {
-      const b = bytes[pos++];
-      if (b === undefined) throw new Error("truncated protobuf");
-      value += (b & 0x7f) * scale;
-      if (b < 0x80) return value;
-      scale *= 128;
-    }
-  };
-  while (pos < bytes.length) {
-    const key = varint();
-    const field = Math.floor(key / 8);
-    const wire = key & 7;
-    if (wire === 0) yield { field, value: varint() };
-    else if (wire === 1) pos += 8;
-    else if (wire === 2) {
-      const len = varint();
-      yield { field, bytes: bytes.subarray(pos, pos + len) };
-      pos += len;
-    } else if (wire === 5) {
-      yield { field, float: view.getFloat32(pos, true) };
-      pos += 4;
-    } else throw new Error(`unsupported protobuf wire type ${wire}`);
-  }
-}
-
-function parseModel(bytes) {
-  const model = {
-    pieces: [],
-    modelType: UNIGRAM,
-    byteFallback: false,
-    wsSuffix: false,
-    unkSurface: " \u2047 ",
-    charsmap: null,
-    addDummyPrefix: true,
-    removeExtraWhitespaces: true,
-    escapeWhitespaces: true,
-    denormalizes: false,
-  };
-  for (const f of fields(bytes)) {
-    if (f.field === 1) {
-      const piece = { piece: "", score: 0, type: TYPE.NORMAL };
-      for (const p of fields(f.bytes)) {
-        if (p.field === 1) piece.piece = fromUtf8.decode(p.bytes);
-        else if (p.field === 2) piece.score = p.float;
-        else if (p.field === 3) piece.type = p.value;
-      }
-      model.pieces.push(piece);
-    } else if (f.field === 2) {
-      for (const t of fields(f.bytes)) {
-        if (t.field === 3) model.modelType = t.value;
-        else if (t.field === 35) model.byteFallback = t.value !== 0;
-        else if (t.field === 24) model.wsSuffix = t.value !== 0;
-        else if (t.field === 44) model.unkSurface = fromUtf8.decode(t.bytes);
-      }
-    } else if (f.field === 3) {
-      for (const n of fields(f.bytes)) {
-        if (n.field === 2) model.charsmap = n.bytes.length ? n.bytes : null;
-        else if (n.field === 3) model.addDummyPrefix = n.value !== 0;
-        else if (n.field === 4) model.removeExtraWhitespaces = n.value !== 0;
-        else if (n.field === 5) model.escapeWhitespaces = n.value !== 0;
-      }
-    } else if (f.field === 5) {
-      for (const n of fields(f.bytes)) if (n.field === 2 && n.bytes.length) model.denormalizes = true;
-    }
-  }
-  return model;
-}
 
 // ------------------------------------------------------------------------- helpers
 
@@ -199,6 +125,12 @@ class Normalizer {
   }
 
   normalize(text) {
+    return this.normalizeWithOffsets(text).bytes;
+  }
+
+  // The normalized bytes and, for each of their positions (and the end), the byte offset in
+  // the UTF-8 input it comes from: the library's norm_to_orig, which its offsets use.
+  normalizeWithOffsets(text) {
     const m = this.m;
     const input = utf8.encode(text);
     let pos = 0;
@@ -209,20 +141,22 @@ class Normalizer {
         pos += len;
       }
     }
-    if (pos >= input.length) return new Uint8Array(0);
+    if (pos >= input.length) return { bytes: new Uint8Array(0), toOriginal: [pos] };
     const ws = m.escapeWhitespaces ? SPACE : [0x20];
     const out = [];
-    if (!m.wsSuffix && m.addDummyPrefix) out.push(...ws);
+    const toOriginal = [];
+    const push = (bytes, from) => {
+      out.push(...bytes);
+      for (let k = 0; k < bytes.length; k++) toOriginal.push(from);
+    };
+    if (!m.wsSuffix && m.addDummyPrefix) push(ws, pos);
     let prevSpace = m.removeExtraWhitespaces;
     while (pos < input.length) {
       const [rep, len] = this.prefix(input, pos);
       let start = 0;
       while (prevSpace && start < rep.length && rep[start] === 0x20) start++;
       if (start < rep.length) {
-        for (let k = start; k < rep.length; k++) {
-          if (rep[k] === 0x20) out.push(...ws);
-          else out.push(rep[k]);
-        }
+        for (let k = start; k < rep.length; k++) push(rep[k] === 0x20 ? ws : [rep[k]], pos);
         prevSpace = rep[rep.length - 1] === 0x20;
       }
       pos += len;
@@ -231,10 +165,15 @@ class Normalizer {
     if (m.removeExtraWhitespaces) {
       const endsWithWs = () =>
         out.length >= ws.length && ws.every((b, k) => out[out.length - ws.length + k] === b);
-      while (endsWithWs()) out.length -= ws.length;
+      while (endsWithWs()) {
+        out.length -= ws.length;
+        pos = toOriginal[out.length];
+        toOriginal.length = out.length;
+      }
     }
-    if (m.wsSuffix && m.addDummyPrefix) out.push(...ws);
-    return Uint8Array.from(out);
+    if (m.wsSuffix && m.addDummyPrefix) push(ws, pos);
+    toOriginal.push(pos);
+    return { bytes: Uint8Array.from(out), toOriginal };
   }
 }
 
@@ -325,20 +264,43 @@ export class SentencePieceUnigram {
     return path.reverse();
   }
 
-  encode(text) {
-    const norm = this.normalizer.normalize(text);
-    const ids = [];
+  // The pieces of normalized bytes, as the library emits them: [start, end, id, last] where
+  // byte fallback splits an unknown character into its bytes (`last` marks its final byte)
+  // and a run of unknown characters is one <unk> piece.
+  _pieces(norm) {
+    const out = [];
     let prevUnk = false;
     for (const [start, end, id] of this.viterbi(norm)) {
       const unk = id === this.unkId;
       if (unk && this.m.byteFallback) {
-        for (let i = start; i < end; i++) ids.push(this.byteIds.get(norm[i]));
-      } else if (!prevUnk || !unk) {
-        ids.push(id); // a run of unknown characters becomes one <unk>
+        for (let i = start; i < end; i++) {
+          out.push([start, end, this.byteIds.get(norm[i]), i + 1 === end]);
+        }
+      } else if (prevUnk && unk) {
+        out[out.length - 1][1] = end;
+      } else {
+        out.push([start, end, id, true]);
       }
       prevUnk = unk;
     }
-    return ids;
+    return out;
+  }
+
+  encode(text) {
+    return this._pieces(this.normalizer.normalize(text)).map((p) => p[2]);
+  }
+
+  /** Each token's [begin, end) in `text` in UTF-8 bytes, as the Python package's
+   * offset_mapping (then whole characters for byte pieces): {spans, inBytes: true}. */
+  pieceSpans(text) {
+    const { bytes, toOriginal } = this.normalizer.normalizeWithOffsets(text);
+    const pieces = this._pieces(bytes);
+    const spans = pieces.map(([start, end, , last]) => {
+      const begin = toOriginal[start];
+      return [begin, last ? toOriginal[end] : begin];
+    });
+    const names = pieces.map((p) => this.pieces[p[2]].piece);
+    return { spans: wholeScalars(spans, names), inBytes: true };
   }
 
   decode(ids) {

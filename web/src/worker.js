@@ -1,10 +1,12 @@
 // The engine worker: text, flow LM, flow head (and, unless a decoder worker is attached,
 // Mimi decoding). Messages in: load, voice-audio, voice-npz, voice-named, voice-clear,
 // generate, stop, and "decoder-port" (a MessagePort to the decoder worker: latents go there,
-// so the flow LM and Mimi run in parallel as in the Python engine). Messages out: progress,
-// loaded, voice, chunk, done, error.
+// with their word-timestamp scores, so the flow LM and Mimi run in parallel as in the Python
+// engine). Messages out: progress, loaded, voice, chunk ({samples, textChunkIndex, words}),
+// done, error.
 
 import { GRAPH_NAMES, ort, PocketTTS } from "./pocket-tts.js";
+import { breathe, describe, sendChunk } from "./worker-common.js";
 
 ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
 
@@ -13,18 +15,6 @@ let voice = null;
 let decoderPort = null; // set: latents go to the decoder worker
 let generation = 0; // bumped by "stop": a running synthesis ends at its next latent
 let queue = Promise.resolve(); // messages run one at a time: ORT sessions are not reentrant
-
-// A macrotask break, so that a "stop" message gets handled while a synthesis runs.
-const breathe = () =>
-  new Promise((resolve) => {
-    const channel = new MessageChannel();
-    channel.port1.onmessage = resolve;
-    channel.port2.postMessage(null);
-  });
-
-function describe(error) {
-  return error?.message || String(error);
-}
 
 function voiceInfo(name, kind, ms = null) {
   return { name, kind, ms };
@@ -61,6 +51,8 @@ const handlers = {
         precision: tts.precision,
         fastKv: tts.fastKv,
         devices: tts.devices,
+        // null when word timestamps can be asked for, else why not
+        timestampsUnavailable: tts.timestampsUnavailable,
         temperature: m.defaults.temperature,
         lsdSteps: m.defaults.decode_steps,
         source: m.source,
@@ -100,7 +92,8 @@ const handlers = {
     if (decoderPort) {
       let sent = 0;
       const firstChunkFrames = params?.firstChunkFrames ?? 1;
-      decoderPort.postMessage({ type: "start", id, firstChunkFrames });
+      const timestamps = params?.timestamps === true;
+      decoderPort.postMessage({ type: "start", id, firstChunkFrames, timestamps });
       for await (const event of model.latents(text, voice, params)) {
         decoderPort.postMessage({ type: "latent", id, ...event });
         // Let "stop" in now and then; the decoder worker runs meanwhile.
@@ -111,9 +104,7 @@ const handlers = {
       return;
     }
     for await (const chunk of model.stream(text, voice, params)) {
-      // A copy we own, so transferring it can never detach memory ORT still uses.
-      const out = chunk.samples.slice();
-      postMessage({ type: "chunk", id, samples: out, textChunkIndex: chunk.textChunkIndex }, [out.buffer]);
+      sendChunk(id, chunk.samples, chunk.textChunkIndex, chunk.words);
       await breathe();
       if (mine !== generation) return;
     }

@@ -6,7 +6,8 @@
 // namedVoice}. Each synthesis runs at temperature 0; its samples are written to
 // outDir/<name>.f32 (raw little-endian float32) for the caller to compare with the Python
 // engine. Also records the voice dropdown, unlabelled controls, the layout width at 390 px
-// (a phone) and what a failed load leaves on the page.
+// (a phone), what a failed load leaves on the page, and with "Word timestamps" checked the
+// word events the page received and the word highlighted while the audio played.
 
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -37,6 +38,7 @@ try {
   results.loadMs = performance.now() - openAt;
   results.loadError = await page.evaluate(() => window.__lastError ?? null);
   results.randomWeightsBanner = await page.isVisible("#random-weights");
+  results.timestampsEnabled = await page.isEnabled("#timestamps");
   if (results.loadError) throw new Error(`bundle failed to load: ${results.loadError}`);
   results.voiceMenu = await page.evaluate(() => ({
     options: [...document.querySelectorAll("#voice option")].map((o) => o.value),
@@ -62,7 +64,19 @@ try {
     await page.fill("#temperature", params.temperature);
     if (params.lsd !== null) await page.fill("#lsd-steps", params.lsd);
     await page.fill("#seed", params.seed);
+    if (await page.isEnabled("#timestamps")) {
+      await page.setChecked("#timestamps", Boolean(params.timestamps));
+    }
     await page.click("#play");
+    let highlight = null;
+    if (params.timestamps) {
+      // A word must be highlighted while the audio plays.
+      highlight = await page
+        .waitForFunction(() => document.querySelector("#spoken .word.speaking")?.textContent,
+          null, { timeout: TIMEOUT })
+        .then((h) => h.jsonValue(), (e) => `no word was highlighted: ${e.message}`);
+      await page.screenshot({ path: plan.screenshot.replace(/\.png$/, "-words.png"), fullPage: true });
+    }
     await page.waitForFunction(() => window.__state !== "generating", null, { timeout: TIMEOUT });
     const run = await page.evaluate(() => {
       const bytes = window.__lastAudio ? new Uint8Array(window.__lastAudio.buffer) : null;
@@ -83,6 +97,14 @@ try {
       writeFileSync(join(plan.outDir, `${name}.f32`), Buffer.from(run.base64, "base64"));
     }
     delete run.base64;
+    if (params.timestamps) {
+      run.highlight = highlight;
+      Object.assign(run, await page.evaluate(() => ({
+        words: window.__words,
+        highlighted: [...window.__highlighted],
+        spans: [...document.querySelectorAll("#spoken .word")].map((s) => s.textContent),
+      })));
+    }
     results.runs[name] = run;
     return run;
   }
@@ -105,6 +127,8 @@ try {
   await synthesize("default", plan.text);
   await page.screenshot({ path: plan.screenshot, fullPage: true });
   await synthesize("long", plan.longText);
+  const withWords = { temperature: "0", lsd: null, seed: "", timestamps: true };
+  await synthesize("timestamps", plan.longText, withWords);
   // Non-zero temperature and several LSD steps: exercises the noise and solver paths.
   await synthesize("sampled", plan.text, { temperature: "0.7", lsd: "3", seed: "7" });
   await page.fill("#lsd-steps", "1");

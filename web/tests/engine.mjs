@@ -4,15 +4,22 @@
 //
 //   node web/tests/engine.mjs PLAN.json
 //
-// PLAN: {bundle: dir, precision, outDir, texts: {name: text}, voices: {name: npz path}}.
+// PLAN: {bundle: dir, precision, outDir, texts: {name: text}, voices: {name: npz path},
+// timestamps: {texts: {name: text}, eosThresholds: [...]} (optional)}.
 // Writes outDir/<mode>_<text>_<voice>.f32 (mode: step | contract) and prints
-// {fastKv: bool, runs: [...names], voiceStates: {name: max |step - contract|}}.
+// {fastKv: bool, runs: [...names], voiceStates: {name: max |step - contract|}, words}.
+// `words` (with timestamps, no voice, temperature 0): per "<name>#<index of the eos>",
+// {samples, stream: the word events of stream() as [text, index, charStart, charEnd, start,
+// end], pipeline: the same from latents() sent through structuredClone (as to the decoder
+// worker) and decoded in blocks of 3 with a WordTimeline, generated: generate()'s words},
+// plus `refused`: the contract-graph engine's error for timestamps.
 
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 import { ort, PocketTTS } from "../src/pocket-tts.js";
+import { WordTimeline } from "../src/timestamps.js";
 
 ort.env.wasm.numThreads = 1;
 // fetch() of file: URLs, which Node's fetch does not do.
@@ -65,6 +72,63 @@ if (engines.step.cloned) {
       diff = Math.max(diff, Math.abs(Number(a.data[i]) - Number(b.data[i])));
     }
     result.voiceStates[name] = diff;
+  }
+}
+
+const row = (w) => [w.text, w.index, w.charStart, w.charEnd, w.start, w.end];
+
+// What the decoder worker does with the engine worker's latents.
+async function pipelineWords(tts, text, params) {
+  const timeline = new WordTimeline(tts.sampleRate);
+  const events = [];
+  let decoder = null;
+  let block = [];
+  let scores = [];
+  const flush = async () => {
+    if (block.length) events.push(...timeline.frames(await decoder.decode(block), scores));
+    block = [];
+    scores = [];
+  };
+  for await (const sent of tts.latents(text, null, params)) {
+    const e = structuredClone(sent);
+    if (e.latent === null) {
+      await flush();
+      events.push(...timeline.endChunk());
+      continue;
+    }
+    if (e.first) {
+      decoder = tts.newDecoder();
+      timeline.beginChunk(e.units);
+    }
+    block.push(e.latent);
+    scores.push(e.scores);
+    if (block.length === 3) await flush();
+  }
+  return events.map(row);
+}
+
+if (plan.timestamps) {
+  result.words = {};
+  const tts = engines.step;
+  for (const [name, text] of Object.entries(plan.timestamps.texts)) {
+    for (const [i, eos] of plan.timestamps.eosThresholds.entries()) {
+      const params = { temperature: 0, timestamps: true, eosThreshold: eos };
+      const stream = [];
+      let samples = 0;
+      for await (const chunk of tts.stream(text, null, params)) {
+        samples += chunk.samples.length;
+        stream.push(...chunk.words.map(row));
+      }
+      const { words } = await tts.generate(text, null, params);
+      const pipeline = await pipelineWords(tts, text, params);
+      result.words[`${name}#${i}`] = { samples, stream, pipeline, generated: words.map(row) };
+    }
+  }
+  try {
+    await engines.contract.generate("Hello.", null, { timestamps: true });
+    result.refused = null;
+  } catch (e) {
+    result.refused = `${e.name}: ${e.message}`;
   }
 }
 console.log(JSON.stringify(result));

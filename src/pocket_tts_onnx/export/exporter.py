@@ -29,7 +29,7 @@ OPSET = 17
 _TRACE_SIZES = {"tokens": 5, "steps": 1, "kv_len": 3, "frames": 2, "batch": 2, "capacity": 7}
 
 
-def model_graph_specs(model: torch.nn.Module) -> dict[str, GraphSpec]:
+def model_graph_specs(model: torch.nn.Module, kv_dtype: str = "fp32") -> dict[str, GraphSpec]:
     flow_lm = model.flow_lm
     return build_graph_specs(
         d_model=flow_lm.dim,
@@ -39,6 +39,7 @@ def model_graph_specs(model: torch.nn.Module) -> dict[str, GraphSpec]:
         num_heads=flow_lm.transformer.layers[0].self_attn.num_heads,
         flow_lm_states=flow_lm_state_specs(flow_lm),
         mimi_decoder_states=mimi_decoder_state_specs(model.mimi),
+        kv_dtype=kv_dtype,
     )
 
 
@@ -62,7 +63,7 @@ def example_inputs(spec: GraphSpec, model: torch.nn.Module) -> tuple[torch.Tenso
         elif t.name in ("s", "t"):
             tensors.append(torch.rand(shape, generator=gen))
         else:
-            tensors.append(torch.randn(shape, generator=gen))
+            tensors.append(torch.randn(shape, generator=gen).to(getattr(torch, t.dtype)))
     return tuple(tensors)
 
 

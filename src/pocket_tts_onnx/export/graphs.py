@@ -196,10 +196,22 @@ class FlowLMMainGraph(nn.Module):
         return (conditioning, eos_logit, *_collect_states(self.state_specs, model_state, flow_lm))
 
 
+def _stored(rows: torch.Tensor, buffer: BufferSpec) -> torch.Tensor:
+    """New K/V rows in the buffer's dtype; a narrower float saturates at its largest value
+    instead of overflowing to inf."""
+    dtype = getattr(torch, buffer.dtype)
+    if dtype == rows.dtype:
+        return rows
+    largest = torch.finfo(dtype).max
+    return rows.clamp(-largest, largest).to(dtype)
+
+
 class FlowLMStepGraph(nn.Module):
     """flow_lm_main over read-only K/V buffers, returning only the new rows (fast-KV), for
     any batch of streams at different positions (docs/state-design.md), and every layer's
-    post-RoPE query of the last position (for word timestamps)."""
+    post-RoPE query of the last position (for word timestamps). Buffers stored in another
+    dtype than float32 (`--kv-dtype fp16`) are cast in and out: the graph computes in
+    float32, only the stored keys and values are rounded."""
 
     def __init__(self, flow_lm: nn.Module, buffers: list[BufferSpec]):
         super().__init__()
@@ -211,6 +223,8 @@ class FlowLMStepGraph(nn.Module):
         model_state: dict[str, dict[str, torch.Tensor]] = {}
         for spec, tensor in zip(self.buffers, caches, strict=True):
             entry = model_state.setdefault(spec.upstream_module.split(".", 1)[1], {})
+            if tensor.dtype != torch.float32:  # the float32 graph gets no Cast at all
+                tensor = tensor.float()
             entry["buf_" + spec.upstream_key.removeprefix("cache.")] = tensor
             entry["offset"] = position
         latents = torch.where(torch.isnan(sequence), flow_lm.bos_emb, sequence)
@@ -220,7 +234,7 @@ class FlowLMStepGraph(nn.Module):
         conditioning = _last_or_zeros(hidden)
         eos_logit = flow_lm.out_eos(conditioning)
         new = [
-            model_state[b.upstream_module.split(".", 1)[1]]["new_" + b.upstream_key[-1]]
+            _stored(model_state[b.upstream_module.split(".", 1)[1]]["new_" + b.upstream_key[-1]], b)
             for b in self.buffers
         ]
         layers = dict.fromkeys(b.upstream_module.split(".", 1)[1] for b in self.buffers)

@@ -46,7 +46,7 @@ from pocket_tts_onnx.manifest import (
     TokenizerInfo,
     file_sha256,
 )
-from pocket_tts_onnx.specs import GRAPH_NAMES, VARIANT_NAMES
+from pocket_tts_onnx.specs import GRAPH_NAMES, KV_DTYPES, VARIANT_NAMES
 from pocket_tts_onnx.text import TextRules
 
 REPORT_NAME = "verify_report.json"
@@ -293,20 +293,24 @@ def export_bundle(
     voices: str | tuple[str, ...] = "all",
     precision: str | None = None,
     timestamp_heads: str | None = None,
+    kv_dtype: str = "fp32",
 ) -> tuple[Manifest, list[GraphReport]]:
     """Export, optionally quantize, verify against upstream and install the bundle at `output`.
 
     `precision` "int8" ships INT8 graphs only: FP32 is still exported and verified (it is
     what INT8 is measured against, and its flow_lm_main digest is the model id), then left
     out of the bundle. `timestamp_heads` ("L3H8,L2H0") names the word-timestamp heads; by
-    default a config the fork calibrated gets its heads, any other none."""
+    default a config the fork calibrated gets its heads, any other none. `kv_dtype` "fp16"
+    makes flow_lm_step store K/V as float16 (verified within FP16_KV_RELATIVE_TOLERANCE)."""
     precisions = _precisions(quantize, precision)
+    if kv_dtype not in KV_DTYPES:
+        raise ExportError(f"--kv-dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
     version = check_pocket_tts_version()
     output = _prepare_output(Path(output), progress)
     progress(f"loading model ({source.language or source.config or 'demo'})")
     loaded = load_model(source)
     model = loaded.model
-    specs = model_graph_specs(model)
+    specs = model_graph_specs(model, kv_dtype)
     heads, heads_note = _timestamp_heads(source, model, timestamp_heads)
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(output), dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be served and shared

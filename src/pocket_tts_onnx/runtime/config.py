@@ -85,6 +85,8 @@ class Param:
 
 
 def _num(x: float) -> str:
+    if isinstance(x, int):  # exact, e.g. the seed's 2**63 - 1
+        return str(x)
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 

@@ -1,7 +1,10 @@
 """The decoder thread: Mimi runs while the scheduler computes the next flow-LM step.
 
 It owns the batched decoder states (`MimiRows`) and receives the scheduler's row changes and
-latents as ordered events, so its rows always mirror the scheduler's. Per row it groups the
+latents as ordered events, so its rows always mirror the scheduler's. When Mimi is behind
+and several steps of the same rows are queued, they are decoded in one call of several frames
+(cheaper per frame; only for two or more rows, so a lone stream's audio stays the same to the
+bit). Per row it groups the
 first `first_chunk_frames` frames of a text chunk into one AudioChunk, applies the one
 backpressure policy (a reader too far behind has its stream stopped), and after a text
 chunk's last audio puts an `end_of_text` marker. A decode failure is isolated: the batch is
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pocket_tts_onnx.errors import GenerationError, QueueFullError
-from pocket_tts_onnx.runtime.decoder import MimiRows
+from pocket_tts_onnx.runtime.decoder import MAX_DECODE_FRAMES, MimiRows
 from pocket_tts_onnx.runtime.requests import Request
 from pocket_tts_onnx.runtime.streams import END, AudioChunk
 from pocket_tts_onnx.runtime.timestamps import WordAligner, is_voiced
@@ -29,7 +32,10 @@ __all__ = ["MAX_AHEAD", "DecoderThread"]
 
 logger = logging.getLogger(__name__)
 
-MAX_AHEAD = 2
+MAX_AHEAD = 4
+# Most queued steps decoded in one Mimi call: half of MAX_AHEAD, so that while one merged
+# call runs, the flow LM queues the next one's steps (the graph takes up to MAX_DECODE_FRAMES).
+MERGE_STEPS = min(MAX_AHEAD // 2, MAX_DECODE_FRAMES)
 
 
 def _too_slow(chunks: int) -> str:
@@ -112,11 +118,15 @@ class DecoderThread:
             "remove": self._remove,
             "finish": self._finish,
         }
+        pending = None
         while True:
-            kind, value = self._events.get()
+            kind, value = pending or self._events.get()
+            pending = None
             if kind == "stop":
                 return
             try:
+                if kind == "decode":
+                    value, pending = self._merge(*value)
                 handlers[kind](*value)
             except Exception as e:  # a fault of this thread: its rows cannot go on
                 logger.exception("the decoder thread failed")
@@ -144,17 +154,36 @@ class DecoderThread:
     def _finish(self, request: Request, error: BaseException | None) -> None:
         request.out.put(error if error is not None else END)
 
-    def _decode(self, latents: np.ndarray, rows: list[int], scores: list) -> None:
-        try:
-            self._decode_rows(latents, rows, scores)
-        finally:
-            self._ahead.release()
+    def _merge(self, latents: np.ndarray, rows: list[int], scores: list):
+        """This step plus the queued steps of the same rows right after it, as one call:
+        ((latents [n, F, L], rows, scores per frame), the first event not merged)."""
+        frames, steps = [latents], [scores]
+        pending = None
+        while len(rows) >= 2 and len(frames) < MERGE_STEPS:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            kind, value = event
+            if kind != "decode" or value[1] != rows:
+                pending = event
+                break
+            frames.append(value[0])
+            steps.append(value[2])
+        merged = frames[0] if len(frames) == 1 else np.concatenate(frames, axis=1)
+        return (merged, rows, steps), pending
 
-    def _decode_rows(self, latents: np.ndarray, rows: list[int], scores: list) -> None:
+    def _decode(self, latents: np.ndarray, rows: list[int], steps: list) -> None:
+        try:
+            self._decode_rows(latents, rows, steps)
+        finally:
+            for _ in steps:
+                self._ahead.release()
+
+    def _decode_rows(self, latents: np.ndarray, rows: list[int], steps: list) -> None:
         try:
             audio = self._rows.decode(latents, np.asarray(rows), self._pool)
         except Exception:  # isolate: retry each row alone, end only the rows that fail
-            audio = np.zeros((len(rows), 0), np.float32)
             pieces = []
             for i, row in enumerate(rows):
                 try:
@@ -164,10 +193,16 @@ class DecoderThread:
                     pieces.append(None)
             for i, row in enumerate(rows):
                 if pieces[i] is not None:
-                    self._emit(self._table[row], pieces[i], scores[i])
+                    self._emit_frames(self._table[row], pieces[i], [s[i] for s in steps])
             return
         for i, row in enumerate(rows):
-            self._emit(self._table[row], audio[i], scores[i])
+            self._emit_frames(self._table[row], audio[i], [s[i] for s in steps])
+
+    def _emit_frames(self, entry: _Row, audio: np.ndarray, scores: list) -> None:
+        """One row's audio of len(scores) frames, emitted frame by frame."""
+        size = audio.shape[0] // len(scores)
+        for f, frame_scores in enumerate(scores):
+            self._emit(entry, audio[f * size : (f + 1) * size], frame_scores)
 
     def _emit(self, entry: _Row, audio: np.ndarray, scores=None) -> None:
         if entry.failed or entry.request.cancelled.is_set():

@@ -138,8 +138,12 @@ class KVBuffers:
         (its counter): they are the last `filled` cache rows; a junk prefix is dropped."""
         self.reserve(filled, rows=row + 1)
         for b in self.spec.buffers:
-            value = states[b.state]
-            self.arrays[b.name][row, :, :filled] = value[0, :, value.shape[2] - filled :]
+            value = states[b.state][0, :, states[b.state].shape[2] - filled :]
+            target = self.arrays[b.name]
+            if target.dtype != value.dtype:  # float16 buffers: saturate as the graph does
+                largest = np.finfo(target.dtype).max
+                value = np.clip(value, -largest, largest)
+            target[row, :, :filled] = value
         self.positions[row] = filled
 
     def move(self, src: int, dst: int) -> None:
@@ -161,11 +165,14 @@ def filled_positions(main_spec: GraphSpec, states: dict[str, np.ndarray]) -> int
 
 
 def states_from_buffers(buffers: KVBuffers, row: int, main_spec: GraphSpec) -> dict:
-    """flow_lm_main states (a voice) holding `row`'s positions: the inverse of `load`."""
+    """flow_lm_main states (a voice) holding `row`'s positions, in the states' own dtype
+    (float16 buffers give float32 voices): the inverse of `load`."""
     filled = int(buffers.positions[row])
+    dtypes = {s.name: s.dtype for s in main_spec.states}
     states = {}
     for b in buffers.spec.buffers:
-        states[b.state] = np.ascontiguousarray(buffers.arrays[b.name][row : row + 1, :, :filled])
+        rows = buffers.arrays[b.name][row : row + 1, :, :filled]
+        states[b.state] = np.ascontiguousarray(rows, dtype=dtypes[b.state])
     for s in main_spec.states:
         if s.upstream_key == "offset":
             states[s.name] = np.array([filled], dtype=np.int64)

@@ -25,6 +25,9 @@ import yaml
 from pocket_tts_onnx.export.loading import DEMO_CONFIG, DEMO_DIR, ModelSource
 
 FAMILIES = ("lsd", "drifting", "pointwise", "flow_matching")
+# Word-timestamp heads each family's session bundle is exported with (test_timestamps
+# compares their events with pocket-tts-timestamped's); the drifting family has none.
+TIMESTAMP_HEADS = {"lsd": "L1H0,L0H3", "pointwise": "L2H1,L0H2", "flow_matching": "L0H1"}
 
 ONE_CHUNK = "Hello world, this is a small test."
 MULTI_CHUNK = (
@@ -154,7 +157,13 @@ def bundles(family_configs, tmp_path_factory) -> dict[str, FamilyBundle]:
     for family, config in family_configs.items():
         bundle = root / family
         source = ModelSource(config=config, random_init=True, seed=0)
-        _, reports = export_bundle(source, bundle, quantize=True, verify=True)
+        _, reports = export_bundle(
+            source,
+            bundle,
+            quantize=True,
+            verify=True,
+            timestamp_heads=TIMESTAMP_HEADS.get(family),
+        )
         out[family] = FamilyBundle(family, config, bundle, {r.graph: r for r in reports})
     return out
 
@@ -172,6 +181,17 @@ def lsd_bundle_copy(tmp_path_factory, lsd_bundle) -> Path:
     copy = tmp_path_factory.mktemp("damaged") / "bundle"
     shutil.copytree(lsd_bundle.bundle, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory) -> Path:
+    """The demo model as `export --demo --no-verify` writes it (FP32 only). Tests that
+    change a bundle change a copy."""
+    from pocket_tts_onnx.export.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("demo") / "bundle"
+    export_bundle(ModelSource(demo=True), out, verify=False)
+    return out
 
 
 @pytest.fixture()
@@ -236,6 +256,27 @@ def upstream_audio(model, voice_audio, text, decode_steps=1, eos=None) -> np.nda
         state = model.get_state_for_audio_prompt(torch.from_numpy(voice_audio)[None])
     with torch.no_grad():
         return model.generate_audio(state, text).numpy()
+
+
+@contextlib.contextmanager
+def cli_server(args: list[str], log: Path, ready):
+    """`pocket-tts-onnx ARGS` in a subprocess, its output in `log`, until the block ends;
+    `ready(proc)` returns once it serves (and fails if it exited)."""
+    import subprocess
+    import sys
+
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pocket_tts_onnx.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        ready(proc)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 @contextlib.contextmanager

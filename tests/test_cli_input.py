@@ -79,36 +79,25 @@ def test_lone_surrogate_is_invalid_input():
         tokenizer.encode("caf\udce9")
 
 
-@pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory) -> Path:
-    from pocket_tts_onnx.export.loading import ModelSource
-    from pocket_tts_onnx.export.pipeline import export_bundle
-
-    bundle = tmp_path_factory.mktemp("cli") / "bundle"
-    export_bundle(ModelSource(demo=True), bundle, quantize=True, verify=False)
-    return bundle
-
-
-def test_generate_refuses_lone_surrogate(demo_bundle):
-
-    tts = PocketTTSOnnx.load(demo_bundle, precision="fp32")
+def test_generate_refuses_lone_surrogate(serve_bundle):
+    tts = PocketTTSOnnx.load(serve_bundle, precision="fp32")
     with pytest.raises(InvalidInputError, match="lone surrogate"):
         tts.generate("Hello \ud800 there.", max_frames=2)
 
 
-def test_say_with_seed_is_bit_reproducible(demo_bundle, tmp_path, capsys):
+def test_say_with_seed_is_bit_reproducible(serve_bundle, tmp_path, capsys):
     import soundfile as sf
 
     text = "Hello there. A second sentence, streamed in several decoder calls."
     outs = []
     for i in range(3):
         out = tmp_path / f"say{i}.wav"
-        args = [text, "--bundle", str(demo_bundle), "--out", str(out), "--seed", "5"]
+        args = [text, "--bundle", str(serve_bundle), "--out", str(out), "--seed", "5"]
         assert main(["say", *args, "--max-frames", "20"]) == 0
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] == outs[2]
     pcm, rate = sf.read(tmp_path / "say0.wav", dtype="int16")
-    tts = PocketTTSOnnx.load(demo_bundle, precision="int8")
+    tts = PocketTTSOnnx.load(serve_bundle, precision="int8")
     want = tts.generate(text, seed=5, max_frames=20)  # the API's reproducible result
     assert rate == tts.sample_rate
     # write_wav's conversion (upstream's): clip, scale by 32767, truncate toward zero.

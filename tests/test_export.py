@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -235,9 +236,8 @@ def test_unwritable_or_foreign_output(tmp_path):
     assert (foreign / "thesis.txt").read_text() == "precious"
 
 
-def test_interrupted_export_keeps_previous_bundle(tmp_path):
-    out = tmp_path / "bundle"
-    export_bundle(ModelSource(demo=True), out, verify=False)
+def test_interrupted_export_keeps_previous_bundle(demo_bundle, tmp_path):
+    out = shutil.copytree(demo_bundle, tmp_path / "bundle")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def interrupt(message: str) -> None:

@@ -138,7 +138,9 @@ def test_weights_without_voice_cloning(tmp_path_factory, tmp_path):
     hub = fill_hub_cache(cache, LANGUAGE, voices=["alba"], cloning=False)
     env = hub_env(cache)
     bundle = tmp_path / "onnx"
-    manifest = _export(env, tmp_path, bundle, "--language", LANGUAGE)
+    # --no-verify: what this checks is the weights fallback, and the audio below is compared
+    # with upstream's sample by sample (the other two tests run the export's verification).
+    manifest = _export(env, tmp_path, bundle, "--language", LANGUAGE, "--no-verify")
     assert not manifest.voice_cloning
     assert manifest.source["weights"].startswith("hf://kyutai/pocket-tts-without-voice-cloning/")
     assert manifest.source["weights_sha256"] == file_sha256(hub.files["weights"])

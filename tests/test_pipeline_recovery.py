@@ -32,13 +32,6 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-@pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "bundle"
-    export_bundle(ModelSource(demo=True), out, verify=False)
-    return out
-
-
 def _user_files(bundle: Path) -> dict[str, bytes]:
     files = {
         "NOTES.txt": b"my notes",
@@ -175,7 +168,7 @@ def test_demo_note_is_honest(demo_bundle):
 
 
 def test_size_saved_never_prints_minus_zero():
-    from pocket_tts_onnx.cli import _saved
+    from pocket_tts_onnx.cli_export import _saved
 
     assert _saved(0.1, 0.1004) == "0%"  # INT8 a hair larger (no MatMul to quantize)
     assert _saved(1.0, 0.59) == "41%"

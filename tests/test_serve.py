@@ -10,14 +10,13 @@ import base64
 import io
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import cli_server
 
 from pocket_tts_onnx import PocketTTSOnnx
 from pocket_tts_onnx.runtime.encoding import pcm16
@@ -61,32 +60,13 @@ def server(serve_bundle, voices_dir, tmp_path_factory):
     """The server (the engine's one batch scheduler) in a subprocess."""
     port = client.free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    args = [
-        sys.executable,
-        "-m",
-        "pocket_tts_onnx.cli",
-        "serve",
-        "--bundle",
-        str(serve_bundle),
-        "--port",
-        str(port),
-        "--voices-dir",
-        str(voices_dir),
-        "--no-web",
-        "--log-level",
-        "warning",
-    ]
+    args = ["serve", "--bundle", str(serve_bundle), "--port", str(port)]
+    args += ["--voices-dir", str(voices_dir), "--no-web", "--log-level", "warning"]
     for name, value in LIMITS.items():
         args += ["--" + name.replace("_", "-"), str(value)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        client.wait_healthy(port, proc)
+    with cli_server(args, log, lambda proc: client.wait_healthy(port, proc)):
         assert client.health(port)["scheduler"]["alive"] is True
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def reference(tts, max_frames: int, voice=None, **kw) -> np.ndarray:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+from conftest import cli_server
 
 from pocket_tts_onnx import PocketTTSOnnx
 from pocket_tts_onnx.runtime.encoding import pcm16
@@ -40,19 +39,12 @@ def port(serve_bundle, tmp_path_factory):
     port = client.free_port()
     log = tmp_path_factory.mktemp("ws-log") / "server.log"
     args = [
-        sys.executable, "-m", "pocket_tts_onnx.cli", "serve", "--bundle", str(serve_bundle),
-        "--port", str(port), "--no-web", "--max-streams", "2", "--max-queue", "2",
-        "--max-text-chars", str(MAX_TEXT_CHARS), "--ws-idle-timeout-s", str(IDLE_S),
-        "--log-level", "warning",
+        "serve", "--bundle", str(serve_bundle), "--port", str(port), "--no-web",
+        "--max-streams", "2", "--max-queue", "2", "--max-text-chars", str(MAX_TEXT_CHARS),
+        "--ws-idle-timeout-s", str(IDLE_S), "--log-level", "warning",
     ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        client.wait_healthy(port, proc)
+    with cli_server(args, log, lambda proc: client.wait_healthy(port, proc)):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def url(port, voice="default", query="") -> str:
@@ -87,6 +79,17 @@ def audio_of(message: str) -> bytes:
     return base64.b64decode(body["audio"])
 
 
+async def until_final(ws) -> list[dict]:
+    """The messages that arrive before the final one (`isFinal`: true)."""
+    bodies = []
+    async for message in ws:
+        body = json.loads(message)
+        if body["isFinal"]:
+            return bodies
+        bodies.append(body)
+    raise AssertionError("the stream closed without a final message")
+
+
 def test_pieces_are_spoken_before_the_end_message(port, tts):
     async def go():
         async with websockets.connect(url(port, query="?output_format=pcm_24000")) as ws:
@@ -99,11 +102,8 @@ def test_pieces_are_spoken_before_the_end_message(port, tts):
             for piece in pieces(SECOND[4:]):
                 await send(ws, piece)
             await send(ws, "")
-            async for message in ws:
-                body = json.loads(message)
-                if body["isFinal"]:
-                    break
-                audio += audio_of(message)
+            for body in await until_final(ws):
+                audio += base64.b64decode(body["audio"])
             with pytest.raises(websockets.ConnectionClosedOK):
                 await ws.recv()
             return audio, ws.close_code
@@ -209,11 +209,7 @@ def test_word_alignment_when_asked(port, tts):
             for piece in pieces(TEXT):
                 await send(ws, piece)
             await send(ws, "")
-            async for message in ws:
-                body = json.loads(message)
-                if body["isFinal"]:
-                    break
-                messages.append(body)
+            messages += await until_final(ws)
         return messages
 
     messages = run(go())

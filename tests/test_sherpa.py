@@ -220,25 +220,29 @@ def test_sherpa_token_ids_match_ours(sherpa_bundle, voice_audio, tmp_path):
     assert theirs == [ours.encode(t) for t in TEXTS]
 
 
+def _replay(bundle, manifest, precision: str, voice_audio) -> dict:
+    """Our replay of sherpa-onnx's loop (its EOS rule, 15-frame decoder calls) on TEXTS[0],
+    with states started the way our engine starts them (dynamic axes at 0, like upstream)."""
+    tokenizer = load_tokenizer(bundle / manifest.tokenizer.file, manifest.tokenizer.kind)
+    return replay_sherpa_protocol(
+        bundle,
+        precision=precision,
+        state_length=0,
+        voice_audio=voice_audio,
+        token_ids=tokenizer.encode(TEXTS[0]),
+        steps=MAX_FRAMES,
+        decode_steps=manifest.defaults.decode_steps,
+        frames_after_eos=FRAMES_AFTER_EOS,
+    )
+
+
 @needs_sherpa
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_sherpa_runs_the_bundle_with_voice_cloning(sherpa_bundle, precision, voice_audio, tmp_path):
     bundle = sherpa_bundle.bundle
     manifest = Manifest.load(bundle)
-    ids = load_tokenizer(bundle / manifest.tokenizer.file, manifest.tokenizer.kind).encode(TEXTS[0])
     (audio,), (rate,), _ = run_sherpa(bundle, precision, TEXTS[:1], voice_audio, tmp_path)
-    # Our replay of sherpa-onnx's loop (its EOS rule, 15-frame decoder calls), with states
-    # started the way our engine starts them (dynamic axes at 0, like upstream).
-    expected = replay_sherpa_protocol(
-        bundle,
-        precision=precision,
-        state_length=0,
-        voice_audio=voice_audio,
-        token_ids=ids,
-        steps=MAX_FRAMES,
-        decode_steps=manifest.defaults.decode_steps,
-        frames_after_eos=FRAMES_AFTER_EOS,
-    )
+    expected = _replay(bundle, manifest, precision, voice_audio)
     frames = expected["latents"].shape[0]
     assert rate == manifest.sample_rate
     assert audio.shape == (frames * manifest.samples_per_latent,)
@@ -264,18 +268,8 @@ def test_sherpa_runs_an_int8_only_bundle(sherpa_bundle, voice_audio, tmp_path):
     export_bundle(sherpa_bundle.source, bundle, precision="int8", verify=False)
     manifest = Manifest.load(bundle)
     assert manifest.precisions == ("int8",) and not list(bundle.glob("*[!8].onnx"))
-    ids = load_tokenizer(bundle / manifest.tokenizer.file, manifest.tokenizer.kind).encode(TEXTS[0])
     (audio,), _, _ = run_sherpa(bundle, "int8", TEXTS[:1], voice_audio, tmp_path)
-    expected = replay_sherpa_protocol(
-        bundle,
-        precision="int8",
-        state_length=0,
-        voice_audio=voice_audio,
-        token_ids=ids,
-        steps=MAX_FRAMES,
-        decode_steps=manifest.defaults.decode_steps,
-        frames_after_eos=FRAMES_AFTER_EOS,
-    )
+    expected = _replay(bundle, manifest, "int8", voice_audio)
     assert audio.shape == expected["audio"].shape and np.isfinite(audio).all()
     rel = float(np.linalg.norm(audio - expected["audio"]) / np.linalg.norm(expected["audio"]))
     assert rel <= 1e-3, f"int8-only: sherpa-onnx vs our replay, relative L2 {rel:.2e}"

@@ -477,7 +477,7 @@ def _continues_decimal_full(ids, pos, tokenizer) -> bool:
 
 
 def test_decimal_rule_on_a_window_equals_whole_decode(tokenizer_pair):
-    from pocket_tts_onnx.text import _continues_decimal
+    from pocket_tts_onnx.text_split import _continues_decimal
 
     ours, _ = tokenizer_pair
     rng = random.Random(7)

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import cli_server
 
 from pocket_tts_onnx import PocketTTSOnnx
 from pocket_tts_onnx.runtime.encoding import pcm16
@@ -60,27 +61,25 @@ def port(serve_bundle, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("wyoming-log") / "server.log"
     args = [
-        sys.executable, "-m", "pocket_tts_onnx.cli", "wyoming", "--bundle", str(serve_bundle),
-        "--uri", f"tcp://127.0.0.1:{port}", "--max-streams", "8", "--max-queue", "8",
-        "--max-text-chars", str(MAX_TEXT_CHARS), "--samples-per-chunk", str(SAMPLES_PER_CHUNK),
-        "--seed", str(SEED), "--log-level", "warning",
+        "wyoming", "--bundle", str(serve_bundle), "--uri", f"tcp://127.0.0.1:{port}",
+        "--max-streams", "8", "--max-queue", "8", "--max-text-chars", str(MAX_TEXT_CHARS),
+        "--samples-per-chunk", str(SAMPLES_PER_CHUNK), "--seed", str(SEED), "--log-level",
+        "warning",
     ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
+
+    def listening(proc) -> None:
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, log.read_text()
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                return
             except OSError:
                 assert time.monotonic() < deadline, "the Wyoming server did not start"
                 time.sleep(0.1)
+
+    with cli_server(args, log, listening):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def pieces(text: str, size: int = 7) -> list[str]:

@@ -1,12 +1,14 @@
-"""Command-line flags for the generation parameters, derived from `GenerationConfig`.
+"""Command-line flags shared by the commands, and what reads them.
 
-Every command that generates (say, wyoming, ...) adds the same flags, with the same limits
-and help text as the Python API and the HTTP server, from one list (runtime/config.py).
+Every command that generates (say, wyoming, ...) adds the same generation flags, with the
+same limits and help text as the Python API and the HTTP server, from one list
+(runtime/config.py); every command that loads an engine opens it the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from pocket_tts_onnx.runtime.config import PARAMETERS, parse_param
@@ -15,7 +17,11 @@ __all__ = [
     "add_bundle_argument",
     "add_engine_arguments",
     "add_generation_arguments",
+    "add_log_level_argument",
+    "configure_logging",
     "generation_overrides",
+    "load_engine",
+    "note_random_weights",
 ]
 
 
@@ -46,6 +52,35 @@ def add_engine_arguments(parser: argparse.ArgumentParser, threads: bool = True) 
             type=int,
             help="ONNX Runtime intra-op threads per session (default: half the cores)",
         )
+
+
+def load_engine(args: argparse.Namespace):
+    """The engine of --bundle at --precision with --threads (as add_engine_arguments gave)."""
+    from pocket_tts_onnx import PocketTTSOnnx
+
+    return PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
+
+
+def note_random_weights(manifest) -> None:
+    """Say so on stdout when a bundle makes noise: its audio must never pass for speech."""
+    if manifest.random_weights:
+        print("NOTE: random-weight bundle - the audio is noise, not speech.", flush=True)
+
+
+def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="server log level (default: info)",
+    )
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """The servers' log lines at --log-level: time, level, logger, message."""
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:

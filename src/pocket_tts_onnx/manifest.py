@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pocket_tts_onnx.errors import BundleError
+from pocket_tts_onnx.manifest_checks import check_numbers, timestamp_heads
 from pocket_tts_onnx.specs import FLOW_TIME_INPUTS, GRAPH_NAMES, GraphSpec, spec_disagreement
 from pocket_tts_onnx.text import TextRules
 
@@ -45,56 +45,6 @@ def resolve_in_bundle(directory: Path, name: str) -> Path:
             f"manifest names {name!r}, which is outside the bundle; re-export the bundle"
         )
     return Path(directory) / rel
-
-
-# Range of every number in manifest.json: (field, kind, lowest, highest, may be null). The
-# bounds are wide enough for any real model and narrow enough that a runtime cannot be made
-# to allocate, loop or divide without limit by a damaged or hostile manifest.
-_NUMBERS = (
-    ("sample_rate", int, 1_000, 384_000, False),
-    ("frame_rate", float, 0.1, 1_000.0, False),
-    ("samples_per_latent", int, 1, 1 << 20, False),
-    ("latent_dim", int, 1, 1 << 16, False),
-    ("d_model", int, 1, 1 << 16, False),
-    ("head_dim", int, 1, 1 << 16, False),
-    ("opset", int, 7, 100, False),
-    ("tokenizer.vocab_size", int, 1, 10_000_000, False),
-    ("defaults.temperature", float, 0.0, 100.0, False),
-    ("defaults.decode_steps", int, 1, 64, False),
-    ("defaults.noise_clamp", float, 0.0, 1e6, True),
-    ("defaults.eos_threshold", float, -1e9, 1e9, False),
-    ("defaults.frames_after_eos", int, 0, 10_000, True),
-    ("defaults.frames_after_eos_guess_offset", int, 0, 10_000, False),
-    ("defaults.min_frames_before_eos", int, 0, 10_000, False),
-    ("defaults.max_length_tokens_per_second", float, 0.01, 1_000.0, False),
-    ("defaults.max_length_padding_seconds", float, 0.0, 600.0, False),
-    ("defaults.fade_in_seconds", float, 0.0, 1.0, False),
-)
-
-
-def _check_numbers(d: dict) -> None:
-    """Range-check every number of a manifest dict; BundleError names the field."""
-    for name, kind, low, high, nullable in _NUMBERS:
-        section, _, leaf = name.rpartition(".")
-        where = d.get(section) if section else d
-        value = where.get(leaf) if isinstance(where, dict) else None
-        if value is None and nullable:
-            continue
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        whole = number and (kind is float or float(value).is_integer())
-        if not (whole and math.isfinite(value) and low <= value <= high):
-            what = "an integer" if kind is int else "a number"
-            raise BundleError(
-                f"manifest.json: {name} must be {what} from {low} to {high}"
-                + (" or null" if nullable else "")
-                + f", got {value!r}; re-export the bundle"
-            )
-    rate, frames, per = d["sample_rate"], d["frame_rate"], d["samples_per_latent"]
-    if abs(rate / per - frames) > 1e-6 * frames:
-        raise BundleError(
-            f"manifest.json: frame_rate {frames} disagrees with sample_rate / "
-            f"samples_per_latent ({rate} / {per}); re-export the bundle"
-        )
 
 
 @dataclass(frozen=True)
@@ -299,7 +249,7 @@ class Manifest:
                 raise ValueError(f"default_voice {default_voice!r} is not among the voices")
             if d["flow_type"] not in FLOW_TIME_INPUTS:
                 raise ValueError(f"unknown flow_type {d['flow_type']!r}")
-            _check_numbers(d)
+            check_numbers(d)
             precisions, model_id = _precisions_and_model_id(d, graphs)
             manifest = cls(
                 schema_version=version,
@@ -327,7 +277,10 @@ class Manifest:
                 sherpa_onnx=SherpaOnnxFiles(**d["sherpa_onnx"]) if d.get("sherpa_onnx") else None,
                 precisions=precisions,
                 model_id=model_id,
-                timestamp_heads=_timestamp_heads(d.get("timestamps"), graphs),
+                timestamp_heads=timestamp_heads(
+                    d.get("timestamps"),
+                    graphs["flow_lm_step"].spec if "flow_lm_step" in graphs else None,
+                ),
             )
             dims = {k: getattr(manifest, k) for k in ("latent_dim", "d_model", "head_dim")}
             problem = spec_disagreement({n: g.spec for n, g in graphs.items()}, dims)
@@ -410,31 +363,3 @@ def _precisions_and_model_id(d: dict, graphs: dict[str, GraphEntry]) -> tuple[tu
     if not isinstance(model_id, str) or not model_id:
         raise ValueError(f"model_id must be the FP32 flow_lm_main's sha256, got {model_id!r}")
     return precisions, model_id
-
-
-def _timestamp_heads(entry, graphs: dict[str, GraphEntry]) -> tuple[tuple[int, int], ...]:
-    """The `timestamps` entry: null, or {"heads": [[layer, head], ...]} within the layers
-    and heads of flow_lm_step's `queries` output."""
-    if entry is None:
-        return ()
-    heads = entry["heads"]
-    step = graphs.get("flow_lm_step")
-    queries = [t for t in step.spec.outputs if t.name == "queries"] if step else []
-    if not queries:
-        raise ValueError("timestamps needs a flow_lm_step graph with a queries output")
-    layers, per_layer = queries[0].shape[1], queries[0].shape[2]
-    if not isinstance(heads, list) or not heads:
-        raise ValueError("timestamps.heads must be a non-empty list of [layer, head]")
-    out = []
-    for pair in heads:
-        ok = isinstance(pair, list) and len(pair) == 2
-        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
-        if not ok or not (0 <= pair[0] < layers and 0 <= pair[1] < per_layer):
-            raise ValueError(
-                f"timestamps.heads: {pair!r} is not a [layer, head] of this model "
-                f"({layers} layers of {per_layer} heads)"
-            )
-        out.append((pair[0], pair[1]))
-    if len(set(out)) != len(out):
-        raise ValueError("timestamps.heads names a head twice")
-    return tuple(out)

@@ -5,13 +5,13 @@ splits long inputs on sentence boundaries (falling back to commas/semicolons/col
 overlong sentences), packs the pieces into chunks of at most `max_tokens_per_chunk` tokens,
 normalises each chunk again and tokenizes it. The ids must match upstream exactly (the
 exported graphs embed them with the same table), so this module reproduces that behaviour,
-quirks included; each quirk is pointed out where it happens.
+quirks included; each quirk is pointed out where it happens. The cutting into chunks is in
+text_split.py; this module holds the rules, the normalisation and the entry points.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import re
 from collections.abc import Iterator
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from pocket_tts_onnx.errors import BundleError, InvalidInputError
+from pocket_tts_onnx.text_split import MAX_CHUNK_TOKENS, split_token_ids
 
 if TYPE_CHECKING:
     from pocket_tts_onnx.runtime.tokenizer import Tokenizer
@@ -36,8 +37,6 @@ __all__ = [
     "text_to_chunk_tokens",
 ]
 
-logger = logging.getLogger(__name__)
-
 # Upstream's MAX_TOKEN_PER_CHUNK (pocket_tts.default_parameters).
 DEFAULT_MAX_TOKENS_PER_CHUNK = 50
 
@@ -54,20 +53,6 @@ _TRAILING_CLOSERS = "\"'\u201d\u2019)]\u00bb"
 # After characters are deleted ('"Hi?", she said' -> 'Hi?, she said') a sentence mark can
 # end up right before a comma/semicolon/colon; only the sentence mark is kept.
 _MARK_THEN_SOFT = re.compile(r"([.!?\u2026])\s*[,;:]")
-
-# Strings whose tokens, minus the first, are the split points. Upstream drops the first id
-# because a SentencePiece-style tokenizer starts the encoding with the word-boundary piece;
-# it is dropped even when it is merged with the first mark, which then is no split point.
-_SENTENCE_MARKS_PROBE = ".!...?"
-_CLAUSE_MARKS_PROBE = ",;:"
-
-# A piece (sentence, or clause of an overlong sentence) of more tokens than this is cut at
-# word boundaries into runs of at most `max_tokens_per_chunk` tokens. Upstream keeps such a
-# piece whole (text without punctuation has nowhere else to split) and feeds the model a
-# chunk far beyond the single sentences it was trained on; below this size our chunks stay
-# exactly upstream's. The batch scheduler refuses longer chunks, which now only a single
-# word this long can produce.
-MAX_CHUNK_TOKENS = 1024
 
 # Upstream pads prompts of fewer than 5 words with 8 spaces when the config asks for it.
 _SHORT_PROMPT_WORDS = 5
@@ -247,148 +232,7 @@ def iter_chunks(text: str, tokenizer: Tokenizer, rules: TextRules) -> Iterator[s
     """
     prepared, _ = prepare_chunk(text, rules)
     ids = tokenizer.encode(prepared.strip())
-    sentence_marks = set(tokenizer.encode(_SENTENCE_MARKS_PROBE)[1:])
-    clause_marks = set(tokenizer.encode(_CLAUSE_MARKS_PROBE)[1:])
-    pieces = _iter_pieces(ids, sentence_marks, clause_marks, tokenizer, rules.max_tokens_per_chunk)
-    return _iter_packed(pieces, tokenizer, rules.max_tokens_per_chunk)
-
-
-def _iter_pieces(
-    ids: list[int],
-    sentence_marks: set[int],
-    clause_marks: set[int],
-    tokenizer: Tokenizer,
-    limit: int,
-) -> Iterator[tuple[int, str]]:
-    """(token count, text) of each sentence, overlong ones cut after clause marks."""
-    for start, end in _iter_spans(ids, sentence_marks, tokenizer, keep_decimals=True):
-        count, sentence = end - start, tokenizer.decode(ids[start:end])
-        if count > limit:
-            # Re-tokenized from the decoded text, so the counts may differ from the
-            # sentence's own tokens (upstream does the same).
-            sub_ids = tokenizer.encode(sentence.strip())
-            clauses = [
-                (b - a, tokenizer.decode(sub_ids[a:b]))
-                for a, b in _iter_spans(sub_ids, clause_marks)
-            ]
-            if len(clauses) > 1:
-                for clause in clauses:
-                    yield from _cut_at_words(*clause, tokenizer, limit)
-                continue
-        yield from _cut_at_words(count, sentence, tokenizer, limit)
-
-
-def _cut_at_words(
-    count: int, piece: str, tokenizer: Tokenizer, limit: int
-) -> Iterator[tuple[int, str]]:
-    """The piece itself, or, beyond MAX_CHUNK_TOKENS, runs of whole words of at most `limit`
-    tokens (each word counted on its own; a single longer word stays one run)."""
-    if count <= MAX_CHUNK_TOKENS:
-        yield count, piece
-        return
-    run: list[str] = []
-    run_count = 0
-    for word in piece.split():
-        n = len(tokenizer.encode(word))
-        if run and run_count + n > limit:
-            yield run_count, " ".join(run)
-            run, run_count = [], 0
-        run.append(word)
-        run_count += n
-    if run:
-        yield run_count, " ".join(run)
-
-
-def _iter_packed(
-    pieces: Iterator[tuple[int, str]], tokenizer: Tokenizer, limit: int
-) -> Iterator[str]:
-    """Greedy packing of pieces into chunks of at most `limit` tokens, as upstream."""
-    current: list[str] = []  # joined with " " when the chunk is complete
-    current_count = 0
-    for count, piece in pieces:
-        if not current or current == [""]:
-            # Quirk kept: the test is on the text, so a piece that decoded to "" is
-            # replaced (token count included) by the next one.
-            current, current_count = [piece], count
-        elif current_count + count > limit:
-            yield _checked_chunk(" ".join(current).strip(), tokenizer, limit)
-            current, current_count = [piece], count
-        else:
-            current.append(piece)
-            current_count += count
-    if current and current != [""]:
-        yield _checked_chunk(" ".join(current).strip(), tokenizer, limit)
-
-
-def _checked_chunk(chunk: str, tokenizer: Tokenizer, limit: int) -> str:
-    n = len(tokenizer.encode(chunk.strip()))
-    if n > limit:
-        logger.warning(
-            "chunk has %d tokens (limit %d), the model may skip words: %.50r", n, limit, chunk
-        )
-    return chunk
-
-
-def _iter_spans(
-    ids: list[int],
-    marks: set[int],
-    tokenizer: Tokenizer | None = None,
-    keep_decimals: bool = False,
-) -> Iterator[tuple[int, int]]:
-    """(start, end) token spans of the pieces: a piece ends after a run of marks, unless the
-    next token continues a decimal number. Spans cover `ids` exactly (one empty span if it
-    is empty, like upstream)."""
-    start = 0
-    after_mark = False
-    for pos, token in enumerate(ids):
-        if token in marks:
-            after_mark = True
-            continue
-        if after_mark and not (
-            keep_decimals and tokenizer is not None and _continues_decimal(ids, pos, tokenizer)
-        ):
-            yield start, pos
-            start = pos
-        after_mark = False
-    yield start, len(ids)
-
-
-def _continues_decimal(ids: list[int], pos: int, tokenizer: Tokenizer) -> bool:
-    """True when the text before `pos` ends in digit + "." and the text from `pos` starts
-    with a digit. Both sides are decoded separately, as upstream does; since decoding drops
-    a leading word boundary, "3. 5" also counts as a decimal and is not cut.
-
-    Upstream decodes the whole prefix and the whole suffix at every boundary (quadratic in
-    the text); only their last two and first character matter, so a few tokens around `pos`
-    are decoded instead, widened until they give enough characters that the edges of the
-    window (a stripped leading space, a split multi-byte character) cannot reach them.
-    """
-    before = _decode_window(ids, pos, tokenizer, backwards=True)
-    if not (len(before) >= 2 and before[-1] == "." and before[-2].isdigit()):
-        return False
-    after = _decode_window(ids, pos, tokenizer, backwards=False)
-    return bool(after) and after[0].isdigit()
-
-
-# Characters a decoded window must hold so that its edge effects stay away from the
-# characters read (a leading space dropped, up to 3 orphaned UTF-8 bytes, cleanup rules).
-_WINDOW_CHARS = 8
-
-
-def _decode_window(ids: list[int], pos: int, tokenizer: Tokenizer, backwards: bool) -> str:
-    """decode(ids[:pos]) (backwards) or decode(ids[pos:]), exact at the end next to `pos`."""
-    width = _WINDOW_CHARS
-    while True:
-        if backwards:
-            lo, hi = max(0, pos - width), pos
-            whole = lo == 0
-        else:
-            lo, hi = pos, min(len(ids), pos + width)
-            whole = hi == len(ids)
-        text = tokenizer.decode(ids[lo:hi])
-        if whole or len(text) >= _WINDOW_CHARS:
-            return text
-        width *= 2
+    return split_token_ids(ids, tokenizer, rules.max_tokens_per_chunk)
 
 
 def text_to_chunk_tokens(text: str, tokenizer: Tokenizer, rules: TextRules) -> list[TextChunk]:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from pocket_tts_onnx.serve.params import chosen, json_fields
 from pocket_tts_onnx.serve.plumbing import ApiError
-from pocket_tts_onnx.serve.speech import _check_text, _format, _start, _voice
+from pocket_tts_onnx.serve.speech import _start, _text_and_format, _voice
 from pocket_tts_onnx.serve.streaming import CancellableStreamingResponse
 
 router = APIRouter()
@@ -47,18 +47,19 @@ class _CaptionedBody(BaseModel):
 CaptionedRequest = create_model("CaptionedRequest", __base__=_CaptionedBody, **json_fields())
 
 
+def _captioned(data: bytes, media: str, words: list[dict]) -> dict:
+    """One response object: audio as base64 of `media`, with its words."""
+    return {"audio": base64.b64encode(data).decode(), "audio_format": media, "timestamps": words}
+
+
 def _line(data: bytes, media: str, words: list[dict]) -> bytes:
-    body = {"audio": base64.b64encode(data).decode(), "audio_format": media, "timestamps": words}
-    return (json.dumps(body) + "\n").encode()
+    return (json.dumps(_captioned(data, media, words)) + "\n").encode()
 
 
 @router.post("/dev/captioned_speech")
 async def captioned_speech(body: CaptionedRequest, request: Request):
     state = request.app.state.serve
-    text = _check_text(state, body.input, "input")
-    if body.speed != 1.0:
-        raise ApiError(400, "speed must be 1.0: Pocket TTS has no speed control", "speed")
-    fmt = _format(state, body.response_format, "audio")
+    text, fmt = _text_and_format(state, body, "audio")
     if body.stream and not fmt.streams:
         streaming = ", ".join(f for f, v in state.formats.items() if v.streams)
         raise ApiError(
@@ -78,12 +79,7 @@ async def captioned_speech(body: CaptionedRequest, request: Request):
             data, words = await pump.whole_file(fmt)
         finally:
             pump.on_done()
-        content = {
-            "audio": base64.b64encode(data).decode(),
-            "audio_format": fmt.media_type,
-            "timestamps": words,
-        }
-        return JSONResponse(content)
+        return JSONResponse(_captioned(data, fmt.media_type, words))
 
     async def lines():
         held: list[dict] = []  # words of zero-sample chunks go with the next audio

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import socket
 from pathlib import Path
 
-from pocket_tts_onnx.cli_options import add_engine_arguments
+from pocket_tts_onnx.cli_options import (
+    add_engine_arguments,
+    add_log_level_argument,
+    configure_logging,
+    load_engine,
+    note_random_weights,
+)
 from pocket_tts_onnx.errors import PocketTTSOnnxError
 from pocket_tts_onnx.serve.limits import ServeConfig
 
@@ -56,12 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             default=default,
             help=f"{help_} (default: {default})",
         )
-    p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="server log level (default: info)",
-    )
+    add_log_level_argument(p)
 
 
 def _port(value: str) -> int:
@@ -124,9 +124,7 @@ def run(args) -> None:
         voices_dir=args.voices_dir,
         web_dist=web,
     )
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args)
     sock = _listen(args.host, args.port)  # a busy port fails before the model loads
     try:
         _serve(args, config, sock, uvicorn)
@@ -135,10 +133,9 @@ def run(args) -> None:
 
 
 def _serve(args, config: ServeConfig, sock: socket.socket, uvicorn) -> None:
-    from pocket_tts_onnx import PocketTTSOnnx
     from pocket_tts_onnx.serve.app import create_app
 
-    tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
+    tts = load_engine(args)
     app = create_app(tts, args.bundle, config)
     state = app.state.serve
     port = sock.getsockname()[1]  # --port 0: the one the system chose
@@ -148,8 +145,7 @@ def _serve(args, config: ServeConfig, sock: socket.socket, uvicorn) -> None:
         f"http://{host}:{port}/",
         flush=True,
     )
-    if tts.manifest.random_weights:
-        print("NOTE: random-weight bundle - the audio is noise, not speech.", flush=True)
+    note_random_weights(tts.manifest)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -73,6 +73,15 @@ def _format(state, name: str | None, stream_format: str):
     return fmt
 
 
+def _text_and_format(state, body, stream_format: str):
+    """`input`, `speed` and `response_format` of an OpenAI-style body (speech and captioned
+    speech), checked in that order."""
+    text = _check_text(state, body.input, "input")
+    if body.speed != 1.0:
+        raise ApiError(400, "speed must be 1.0: Pocket TTS has no speed control", "speed")
+    return text, _format(state, body.response_format, stream_format)
+
+
 async def _voice(state, resolve, arg, param: str):
     """Resolve a voice (name or upload) in a worker thread; errors name the request field."""
     try:
@@ -131,10 +140,7 @@ def _response(pump: StreamPump, fmt, stream_format: str, headers=None):
 @router.post("/v1/audio/speech")
 async def speech(body: SpeechRequest, request: Request):
     state = request.app.state.serve
-    text = _check_text(state, body.input, "input")
-    if body.speed != 1.0:
-        raise ApiError(400, "speed must be 1.0: Pocket TTS has no speed control", "speed")
-    fmt = _format(state, body.response_format, body.stream_format)
+    text, fmt = _text_and_format(state, body, body.stream_format)
     voice = await _voice(state, state.resolve_voice, body.voice, "voice")
     pump = await _start(state, request, text, voice, chosen(body))
     return _response(pump, fmt, body.stream_format)

@@ -13,7 +13,11 @@ from urllib.parse import urlparse
 from pocket_tts_onnx.cli_options import (
     add_engine_arguments,
     add_generation_arguments,
+    add_log_level_argument,
+    configure_logging,
     generation_overrides,
+    load_engine,
+    note_random_weights,
 )
 from pocket_tts_onnx.errors import InvalidInputError, PocketTTSOnnxError
 
@@ -69,12 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "pocket-tts-onnx; needs `pip install zeroconf`; tcp URIs only)",
     )
     add_generation_arguments(p)  # every stream's parameters (a Wyoming request has none)
-    p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="server log level (default: info)",
-    )
+    add_log_level_argument(p)
 
 
 def _check(args):
@@ -119,15 +118,12 @@ def run(args) -> None:
         ) from e
     from wyoming.server import AsyncServer
 
-    from pocket_tts_onnx import PocketTTSOnnx
     from pocket_tts_onnx.serve.scheduler import make_scheduler
     from pocket_tts_onnx.wyoming.handler import WyomingService
     from pocket_tts_onnx.wyoming.info import build_info, bundle_language
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    tts = PocketTTSOnnx.load(args.bundle, precision=args.precision, threads=args.threads)
+    configure_logging(args)
+    tts = load_engine(args)
     language = args.language or bundle_language(tts.manifest) or "en"
     config = tts.generation_config(**generation_overrides(args))
     scheduler = make_scheduler(tts, limits)  # the HTTP server's: all connections share it
@@ -145,8 +141,7 @@ def run(args) -> None:
         f"voices {', '.join(tts.voices) or 'default'}) on {args.uri}",
         flush=True,
     )
-    if tts.manifest.random_weights:
-        print("NOTE: random-weight bundle - the audio is noise, not speech.", flush=True)
+    note_random_weights(tts.manifest)
     try:
         asyncio.run(_serve(AsyncServer.from_uri(args.uri), service, args))
     finally:

@@ -38,13 +38,14 @@ def _release_memory() -> None:
 
 @dataclass
 class _Ready:
-    """A request whose voice is loaded in its row, its text prompt not yet fed."""
+    """A request taken for a row: its chunk and what it needs (placed by `_place`)."""
 
     request: Request
     chunk: object
     embeddings: np.ndarray
     filled: int
     need: int
+    start: int  # K/V positions it needs now: its voice, its prompt and a first stretch
 
 
 class Admission:
@@ -86,10 +87,37 @@ class Admission:
                     break
                 if not ready or ready[-1].request is not request:
                     self._admitting.remove(request)  # ended (or parked) without a row
-        if ready:
+        if ready and self._place(ready):
             self._prompt(ready)
         with self._lock:
             self._admitting.clear()
+
+    def _place(self, ready: list) -> bool:
+        """Room for every ready row in one allocation (a burst of requests would otherwise
+        regrow the K/V buffers once per request, copying them each time), then each row's
+        voice loaded; False (every ready request failed) if that allocation fails."""
+        first = len(self._active)
+        buffers = self._lm.buffers
+        try:
+            self._lm.limit = max(r.need for r in [*self._active, *ready])
+            # Capacity follows the positions in use (a step reads the whole capacity, masked,
+            # so room for a neighbour's worst case would slow every row): the prompts and a
+            # first stretch of frames now, doubling later, never past the widest `need`.
+            start = max(p.start for p in ready)
+            if first == 0:  # alone: the same buffers every time (bit-identical audio)
+                buffers.reset(len(ready), start)
+            else:
+                rows = first + len(ready)
+                if rows > buffers.rows:  # rows double, as capacity does
+                    rows = min(self.max_streams, max(rows, 2 * buffers.rows))
+                buffers.reserve(start, rows=rows, limit=self._lm.limit)
+            for i, p in enumerate(ready):
+                self._lm.load(first + i, p.request.start)
+        except Exception as e:
+            for p in ready:
+                self._fail_start(p.request, e)
+            return False
+        return True
 
     def _sweep_parked(self) -> None:  # holds the lock
         """End cancelled requests that hold no row (parked, or still waiting)."""
@@ -102,12 +130,11 @@ class Admission:
             self._waiting = collections.deque(r for r in self._waiting if not r.cancelled.is_set())
 
     def _prepare(self, request: Request, ready: list) -> bool:
-        """Take `request`'s next chunk and load its voice into the next free row (appending
-        to `ready`); False when the K/V budget has no room for it yet."""
+        """Take `request`'s next chunk (appending it to `ready`); False when the K/V budget
+        has no room for it yet."""
         if request.cancelled.is_set():
             self._decoder.finish(request, None)
             return True
-        row = len(self._active) + len(ready)
         try:
             chunk, request.next_chunk = request.next_chunk or self._take(request), None
             if chunk is WAIT:
@@ -126,19 +153,8 @@ class Admission:
             if not self._fits(need, [r.need for r in self._active] + [p.need for p in ready]):
                 request.next_chunk = chunk
                 return False
-            buffers = self._lm.buffers
-            rows = min(self.max_streams, max(row + 1, 2 * buffers.rows))
-            self._lm.limit = max([need] + [r.need for r in self._active] + [p.need for p in ready])
-            # Capacity follows the positions in use (a step reads the whole capacity, masked,
-            # so room for a neighbour's worst case would slow every row): the prompt and a
-            # first stretch of frames now, doubling later, never past the widest `need`.
             start = min(need, filled + len(chunk.token_ids) + FIRST_FRAMES_ROOM)
-            if row == 0:  # alone: the same buffers every time (bit-identical audio)
-                buffers.reset(rows, start)
-            else:
-                buffers.reserve(start, rows=rows, limit=self._lm.limit)
-            self._lm.load(row, request.start)
-            ready.append(_Ready(request, chunk, self.core.embed(chunk), filled, need))
+            ready.append(_Ready(request, chunk, self.core.embed(chunk), filled, need, start))
             return True
         except Exception as e:
             self._fail_start(request, e)

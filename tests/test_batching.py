@@ -351,6 +351,45 @@ def test_a_burst_of_requests_is_given_its_rows_in_one_allocation(fp32, monkeypat
     assert allocations[0] == 4 and allocations == sorted(allocations, reverse=True), allocations
 
 
+def test_mimi_decodes_many_rows_in_calls_of_a_few_rows_with_each_rows_audio(fp32):
+    """Nine rows go through Mimi in calls of at most MIMI_ROWS_PER_CALL rows (bigger calls
+    cost more per row: their activations outgrow the cache); each row's audio is what it
+    gets decoded alone, frame after frame."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pocket_tts_onnx.runtime.decoder import MIMI_ROWS_PER_CALL, MimiRows
+
+    graph = fp32.core.decoder_graph
+    latents = np.random.default_rng(0).standard_normal((3, 9, 1, fp32.manifest.latent_dim))
+    latents = latents.astype(np.float32)
+    alone = []
+    for r in range(9):
+        one = MimiRows(graph, 480)
+        one.join()
+        alone.append(np.concatenate([one.decode(step[r : r + 1])[0] for step in latents]))
+    sizes = []
+    real_step = graph.step
+
+    def step(feeds, states):
+        sizes.append(feeds["latent"].shape[0])
+        return real_step(feeds, states)
+
+    for pool in (None, ThreadPoolExecutor(1)):
+        rows = MimiRows(graph, 480)
+        for _ in range(9):
+            rows.join()
+        sizes.clear()
+        graph.step = step
+        try:
+            got = np.concatenate(
+                [rows.decode(step_latents, pool=pool) for step_latents in latents], 1
+            )
+        finally:
+            del graph.step
+        assert max(sizes) <= MIMI_ROWS_PER_CALL and sum(sizes) == 27, sizes
+        assert np.max(np.abs(got - np.stack(alone))) <= 1e-5
+
+
 def test_kv_memory_follows_the_rows_that_need_it(fp32):
     def stats(scheduler, key):
         return scheduler.stats()[key]

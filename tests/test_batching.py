@@ -175,6 +175,34 @@ def test_close_and_failures_end_every_stream_without_hanging(fp32, monkeypatch):
     assert again.shape == want.shape and np.max(np.abs(again - want)) <= 1e-4
 
 
+def test_a_failed_kv_allocation_ends_only_the_requests_it_was_for(fp32, monkeypatch):
+    """Out of memory while giving a burst its K/V rows: those requests end with a typed
+    error naming it, the scheduler goes on, and the next request is served exactly."""
+    from pocket_tts_onnx.runtime.kv_buffer import KVBuffers
+
+    real_reset = KVBuffers.reset
+    failures = []
+
+    def reset(self, rows, capacity):
+        if not failures:
+            failures.append(rows)
+            raise MemoryError("simulated")
+        return real_reset(self, rows, capacity)
+
+    monkeypatch.setattr(KVBuffers, "reset", reset)
+    with BatchScheduler(fp32, max_streams=2) as scheduler:
+        with scheduler._lock:
+            streams = [scheduler.submit(ONE_CHUNK, NO_VOICE, max_frames=5) for _ in range(2)]
+        for s in streams:
+            with pytest.raises(GenerationError, match="simulated"):
+                list(s)
+        again = _collect(scheduler.submit(ONE_CHUNK, NO_VOICE, max_frames=5, seed=1))
+        assert scheduler.stats()["failed"] == 2
+    assert failures == [2]
+    want = fp32.generate(ONE_CHUNK, NO_VOICE, max_frames=5, seed=1)
+    assert again.shape == want.shape and np.max(np.abs(again - want)) <= 1e-4
+
+
 # ------------------------------------------------------------- one bad row, one core
 def test_a_failing_row_ends_only_its_own_stream(fp32, voice_audio):
     """A NaN voice (conditioning NaN at its first step) and a flow head that fails for one

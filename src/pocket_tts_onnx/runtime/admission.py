@@ -113,7 +113,8 @@ class Admission:
                 buffers.reserve(start, rows=rows, limit=self._lm.limit)
             for i, p in enumerate(ready):
                 self._lm.load(first + i, p.request.start)
-        except Exception as e:
+        except Exception as e:  # e.g. out of memory: these requests only
+            buffers.positions[first:] = 0  # rows loaded before the failure hold nothing
             for p in ready:
                 self._fail_start(p.request, e)
             return False

@@ -278,15 +278,15 @@ class BatchScheduler(Admission):
         if self._lm.limit is not None:  # long streams left: give their memory back
             self._lm.buffers.fit(len(self._active), self._lm.limit)
 
-    def _word_scores(self, row: int, queries: np.ndarray | None) -> np.ndarray | None:
-        """Row `row`'s attention over its text units at the step just made (None when the
-        step fell back to row-by-row calls)."""
-        if queries is None:
+    def _word_scores(self, row: int, query: np.ndarray | None) -> np.ndarray | None:
+        """Row `row`'s attention over its text units at the step just made (`query`: its step's
+        queries; None when the step fell back to row-by-row calls)."""
+        if query is None:
             return None
         timing = self._active[row].timing
         arrays = self._lm.buffers.arrays
         keys = {layer: arrays[f"cache_k_{layer}"][row] for layer, _ in timing.heads}
-        return timing.scores(queries[row], keys)
+        return timing.scores(query, keys)
 
     def _lm_outputs(self, needs_lm: np.ndarray, errors: dict):
         """(conditioning, eos_logit, queries) of the rows that need a flow-LM step: a row
@@ -298,22 +298,20 @@ class BatchScheduler(Admission):
             active[i].first_step = None
         stepped = needs_lm.copy()
         stepped[list(firsts)] = False
+        queries: list = [None] * len(active)  # per row, for word timestamps
         if stepped.any():
             sequence = np.concatenate([r.sequence for r in active])
             keep = None if stepped.all() else stepped
             cond, eos = self._steps.lm_step(sequence, keep, errors)
-            queries = self._lm.queries
+            if self._lm.queries is not None:
+                queries = list(self._lm.queries)
         else:  # only rows that stepped with their prompt: no call at all
             sample = next(iter(firsts.values()))
             cond = np.zeros((len(active), sample[0].shape[1]), np.float32)
             eos = np.zeros((len(active), 1), np.float32)
-            queries = None
         for i, (c, e, q) in firsts.items():
             cond[i], eos[i] = c[0], e[0]
-            if q is not None:
-                if queries is None:
-                    queries = np.zeros((len(active), *q.shape[1:]), q.dtype)
-                queries[i] = q[0]
+            queries[i] = None if q is None else q[0]
         return cond, eos, queries
 
     def _iterate(self) -> None:
@@ -327,7 +325,7 @@ class BatchScheduler(Admission):
                 if i in errors or not active[i].chunk.observe(float(eos[i, 0])):
                     continue
                 if active[i].timing is not None:
-                    active[i].scores = self._word_scores(i, queries)
+                    active[i].scores = self._word_scores(i, queries[i])
                 try:
                     active[i].chunk.begin(cond[i : i + 1])
                 except PocketTTSOnnxError as e:

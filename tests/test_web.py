@@ -75,6 +75,19 @@ def _node(script: str, *args: str, timeout: float) -> dict | list:
     return json.loads(proc.stdout)
 
 
+def _node_inline(source: str, timeout: float) -> dict | list:
+    """Run a JS module given as text (in web/, so "./src/..." imports work); its JSON."""
+    proc = subprocess.run(
+        [NODE, "--input-type=module", "-e", source],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=WEB,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
 # ------------------------------------------------------------------------------ token ids
 
 _CORPUS = [
@@ -511,15 +524,7 @@ def test_js_truncated_noise_has_no_redraw_loop():
     console.log(JSON.stringify({ tiny: Array.from(tiny), variance: v / wide.length,
       max, erf: grid.map(erf), grid }));
     """
-    proc = subprocess.run(
-        [NODE, "--input-type=module", "-e", script],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=WEB,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout)
+    got = _node_inline(script, timeout=30)
     assert all(abs(x) <= 1e-30 for x in got["tiny"]) and any(x != 0 for x in got["tiny"])
     assert got["max"] <= 1.5
     assert abs(got["variance"] - truncnorm(-1.5, 1.5).var()) < 0.01
@@ -547,15 +552,7 @@ def test_js_parameters_switch_is_checked_and_timestamps_refused(int8_bundle):
     out.default = engine(null)._params({}).timestamps;
     console.log(JSON.stringify(out));
     """
-    proc = subprocess.run(
-        [NODE, "--input-type=module", "-e", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=WEB,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout)
+    got = _node_inline(script, timeout=60)
     from pocket_tts_onnx import PocketTTSOnnx, TimestampsUnavailableError
 
     assert got["off"] is False and got["default"] is False and got["heads"] is True
@@ -861,15 +858,7 @@ def test_js_loads_an_int8_only_bundle(int8_bundle, tmp_path):
       console.log(JSON.stringify({{ error: `${{e.name}}: ${{e.message}}` }}));
     }}
     """
-    proc = subprocess.run(
-        [NODE, "--input-type=module", "-e", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=WEB,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    error = json.loads(proc.stdout)["error"]
+    error = _node_inline(script, timeout=60)["error"]
     assert error and error.startswith("BundleError: this bundle has int8 graphs only, no fp32")
 
 

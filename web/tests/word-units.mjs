@@ -8,40 +8,30 @@
 // are JS string indices), or {raw, error}. Chunk texts are mostly normalized already (they are
 // decoded tokens): the raw text's spans test the normalizers' alignments.
 
-import { readFileSync } from "node:fs";
-import { textRules, textToChunkTokens } from "../src/text.js";
-import { loadTokenizer } from "../src/tokenizer.js";
+import { textToChunkTokens } from "../src/text.js";
 import { mapChunks, sourceWords } from "../src/word-units.js";
+import { runCases } from "./cases.mjs";
 
-const cases = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const out = [];
-for (const { tokenizer: path, kind, rules, texts } of cases) {
-  const tokenizer = loadTokenizer(readFileSync(path), kind);
-  out.push(
-    texts.map((text) => {
-      const raw = tokenizer.pieceSpans(text).spans;
-      let chunks;
-      try {
-        chunks = textToChunkTokens(text, tokenizer, textRules(rules));
-      } catch (e) {
-        return { raw, error: e.message };
-      }
-      const units = mapChunks(text, chunks.map((c) => c.text), tokenizer);
+runCases((text, tokenizer, rules) => {
+  const raw = tokenizer.pieceSpans(text).spans;
+  let chunks;
+  try {
+    chunks = textToChunkTokens(text, tokenizer, rules);
+  } catch (e) {
+    return { raw, error: e.message };
+  }
+  const units = mapChunks(text, chunks.map((c) => c.text), tokenizer);
+  return {
+    raw,
+    words: sourceWords(text).map((w) => [w.begin, w.end]),
+    chunks: chunks.map((c, i) => {
+      const { spans, inBytes } = tokenizer.pieceSpans(c.text);
       return {
-        raw,
-        words: sourceWords(text).map((w) => [w.begin, w.end]),
-        chunks: chunks.map((c, i) => {
-          const { spans, inBytes } = tokenizer.pieceSpans(c.text);
-          return {
-            spans,
-            inBytes,
-            units: units[i].units.map((u) =>
-              [u.begin, u.end, u.word ? u.word.index : -1, u.synthetic]),
-            matrix: Array.from(units[i].tokenToUnit),
-          };
-        }),
+        spans,
+        inBytes,
+        units: units[i].units.map((u) => [u.begin, u.end, u.word ? u.word.index : -1, u.synthetic]),
+        matrix: Array.from(units[i].tokenToUnit),
       };
     }),
-  );
-}
-console.log(JSON.stringify(out));
+  };
+});

@@ -4,6 +4,7 @@ audio is upstream's."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -279,33 +280,10 @@ def test_many_solver_steps_do_not_hold_the_other_rows(fp32, monkeypatch):
         assert audio.shape == want.shape and np.max(np.abs(audio - want)) <= 1e-4
 
 
-def test_steps_queued_behind_mimi_are_decoded_together_with_the_same_audio(fp32, monkeypatch):
-    """When Mimi is behind, queued steps of the same rows go through one call of several
-    frames; every stream still gets the single-stream engine's audio (and word times)."""
-    from pocket_tts_onnx.runtime.decoder import MimiRows
-
-    frames_per_call = []
-    real_decode = MimiRows.decode
-
-    def slow_decode(self, latents, rows=None, pool=None):
-        frames_per_call.append(latents.shape[1])
-        time.sleep(0.02)  # Mimi is the slower stage: the flow LM queues steps ahead
-        return real_decode(self, latents, rows, pool)
-
-    monkeypatch.setattr(MimiRows, "decode", slow_decode)
-    off = {"eos_threshold": float("inf"), "max_frames": 24}
-    with BatchScheduler(fp32, max_streams=3) as scheduler:
-        streams = [scheduler.submit(ONE_CHUNK, NO_VOICE, seed=s, **off) for s in (1, 2, 3)]
-        results = _run_concurrently(streams)
-    assert max(frames_per_call) >= 2, frames_per_call
-    monkeypatch.setattr(MimiRows, "decode", real_decode)
-    for seed, got in zip((1, 2, 3), results, strict=True):
-        want = fp32.generate(ONE_CHUNK, NO_VOICE, seed=seed, **off)
-        assert got.shape == want.shape and np.max(np.abs(got - want)) <= 1e-4
-
-
-def test_a_lone_stream_is_never_merged(fp32, monkeypatch):
-    """One row: every step is its own Mimi call, so its audio is the same to the bit."""
+@contextlib.contextmanager
+def _slow_mimi():
+    """Mimi made the slower stage (the flow LM queues steps ahead of it); yields the frames
+    of each Mimi call."""
     from pocket_tts_onnx.runtime.decoder import MimiRows
 
     frames_per_call = []
@@ -316,11 +294,32 @@ def test_a_lone_stream_is_never_merged(fp32, monkeypatch):
         time.sleep(0.02)
         return real_decode(self, latents, rows, pool)
 
-    monkeypatch.setattr(MimiRows, "decode", slow_decode)
+    MimiRows.decode = slow_decode
+    try:
+        yield frames_per_call
+    finally:
+        MimiRows.decode = real_decode
+
+
+def test_steps_queued_behind_mimi_are_decoded_together_with_the_same_audio(fp32):
+    """When Mimi is behind, queued steps of the same rows go through one call of several
+    frames; every stream still gets the single-stream engine's audio (and word times)."""
+    off = {"eos_threshold": float("inf"), "max_frames": 24}
+    with _slow_mimi() as frames_per_call, BatchScheduler(fp32, max_streams=3) as scheduler:
+        streams = [scheduler.submit(ONE_CHUNK, NO_VOICE, seed=s, **off) for s in (1, 2, 3)]
+        results = _run_concurrently(streams)
+    assert max(frames_per_call) >= 2, frames_per_call
+    for seed, got in zip((1, 2, 3), results, strict=True):
+        want = fp32.generate(ONE_CHUNK, NO_VOICE, seed=seed, **off)
+        assert got.shape == want.shape and np.max(np.abs(got - want)) <= 1e-4
+
+
+def test_a_lone_stream_is_never_merged(fp32):
+    """One row: every step is its own Mimi call, so its audio is the same to the bit."""
     off = {"eos_threshold": float("inf"), "max_frames": 12, "seed": 5}
-    got = fp32.generate(ONE_CHUNK, NO_VOICE, **off)
+    with _slow_mimi() as frames_per_call:
+        got = fp32.generate(ONE_CHUNK, NO_VOICE, **off)
     assert frames_per_call and set(frames_per_call) == {1}
-    monkeypatch.setattr(MimiRows, "decode", real_decode)
     assert np.array_equal(got, fp32.generate(ONE_CHUNK, NO_VOICE, **off))
 
 
